@@ -1,0 +1,82 @@
+"""LU-parametrised invertible linear maps.
+
+W = L U with L unit lower-triangular and U upper-triangular with positive diagonal
+u_i = eps + softplus(r_i + log(expm1(1 - eps))) (so r = 0 gives u = 1);
+log|det W| = sum_i log u_i. Inverse by two triangular solves.
+
+References:
+    Glow: Generative Flow with Invertible 1x1 Convolutions (Kingma, Dhariwal, 2018),
+    arXiv:1807.03039.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mflows.transforms.base import Transform
+
+__all__ = ["LULinear"]
+
+
+class LULinear(Transform):
+    """Invertible linear layer y = W x + b on ``(B, d)``, W = L U, identity at init.
+
+    Args:
+        features: d.
+        bias: Learn a bias b.
+        eps: Lower bound of the diagonal of U.
+    """
+
+    def __init__(self, features: int, bias: bool = True, eps: float = 1e-3):
+        super().__init__()
+        self.features = features
+        self.eps = eps
+        self.lower = nn.Parameter(torch.zeros(features, features))
+        self.upper = nn.Parameter(torch.zeros(features, features))
+        self.raw_diag = nn.Parameter(torch.zeros(features))
+        self._shift = math.log(math.expm1(1.0 - eps))
+        self.bias = nn.Parameter(torch.zeros(features)) if bias else None
+        self.register_buffer("eye", torch.eye(features), persistent=False)
+
+    def _factors(self) -> tuple[Tensor, Tensor, Tensor]:
+        diag = self.eps + F.softplus(self.raw_diag + self._shift)
+        eye = self.eye.to(diag.dtype)
+        lower = torch.tril(self.lower, -1) + eye
+        upper = torch.triu(self.upper, 1) + torch.diag(diag)
+        return lower, upper, diag
+
+    def weight(self) -> Tensor:
+        """W = L U ``(d, d)``."""
+        lower, upper, _ = self._factors()
+        return lower @ upper
+
+    def _linear(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x ``(*, d)`` -> (x W^T + b, sum log u)."""
+        lower, upper, diag = self._factors()
+        y = x @ (lower @ upper).T
+        if self.bias is not None:
+            y = y + self.bias
+        return y, torch.log(diag).sum()
+
+    def _solve(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """y ``(*, d)`` -> ((y - b) W^-T, -sum log u), via X U^T L^T = y - b."""
+        lower, upper, diag = self._factors()
+        if self.bias is not None:
+            y = y - self.bias
+        shape = y.shape
+        r = y.reshape(-1, self.features)
+        z = torch.linalg.solve_triangular(lower.T, r, upper=True, left=False, unitriangular=True)
+        x = torch.linalg.solve_triangular(upper.T, z, upper=False, left=False)
+        return x.reshape(shape), -torch.log(diag).sum()
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        y, ld = self._linear(x)
+        return y, ld.expand(x.shape[0])
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x, ld = self._solve(y)
+        return x, ld.expand(y.shape[0])
