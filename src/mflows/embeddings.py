@@ -1,0 +1,95 @@
+"""Embeddings between the manifold coordinates R^n and the data space R^d.
+
+* :func:`pad` / :func:`project`: the zero padding R^n -> R^d, u -> (u, 0), and its left inverse
+  (keep the first n coordinates) used by M-flows: g(u) = f(pad(u)), g^-1(x) = project(f^-1(x)).
+* Charts for the flow on a prescribed manifold (FOM). A chart is any object with
+
+  - ``latent_dim`` (n) and ``data_dim`` (d) attributes,
+  - ``decode(u) -> x``: ``(B, n) -> (B, d)``, differentiable and ``torch.func``-safe (it is
+    differentiated with ``jacfwd`` under ``vmap``; it receives a batch of one sample there),
+  - ``encode(x) -> u``: ``(B, d) -> (B, n)``, a left inverse, ``encode(decode(u)) == u`` on the
+    chart's domain; ``decode(encode(x))`` is the point of the manifold that x is mapped to.
+
+  :class:`SphereChart` is the unit n-sphere in hyperspherical coordinates. A chart that is a
+  :class:`torch.nn.Module` moves with the model (``.to``, ``.double``); its parameters are not
+  trained (a FOM has no trainable manifold parameters).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Chart", "SphereChart", "pad", "project"]
+
+
+def pad(u: Tensor, features: int) -> Tensor:
+    """Zero padding ``(B, n) -> (B, features)``: (u, 0)."""
+    return torch.cat([u, u.new_zeros(*u.shape[:-1], features - u.shape[-1])], dim=-1)
+
+
+def project(z: Tensor, features: int) -> Tensor:
+    """Keeps the first ``features`` coordinates: ``(B, d) -> (B, features)``."""
+    return z[..., :features]
+
+
+@runtime_checkable
+class Chart(Protocol):
+    """A prescribed manifold for FOM: see the module docstring for the contract."""
+
+    latent_dim: int
+    data_dim: int
+
+    def decode(self, u: Tensor) -> Tensor: ...
+
+    def encode(self, x: Tensor) -> Tensor: ...
+
+
+class SphereChart(nn.Module):
+    r"""The unit n-sphere S^n in R^{n+1}, zero padded to R^d, in hyperspherical coordinates.
+
+    decode: angles phi = (phi_1, ..., phi_n), phi_1..phi_{n-1} in [0, pi], phi_n in [0, 2 pi):
+
+        x_k = cos(phi_k) prod_{i<k} sin(phi_i)  (k = 1..n),   x_{n+1} = prod_{i<=n} sin(phi_i),
+
+    and x_{n+2..d} = 0. encode: phi_k = atan2(|x_{k+1:n+1}|, x_k) for k < n and
+    phi_n = atan2(x_{n+1}, x_n) mod 2 pi, so ``decode(encode(x))`` is the radial projection of
+    (x_1..x_{n+1}) onto the sphere. The volume element is
+    sqrt(det J^T J) = prod_{i=1}^{n-1} sin(phi_i)^(n-i).
+
+    Args:
+        latent_dim: n >= 1.
+        data_dim: d >= n + 1.
+    """
+
+    def __init__(self, latent_dim: int, data_dim: int):
+        super().__init__()
+        if latent_dim < 1 or data_dim < latent_dim + 1:
+            raise ValueError(
+                f"SphereChart needs 1 <= latent_dim < data_dim, got n={latent_dim}, d={data_dim}"
+            )
+        self.latent_dim = int(latent_dim)
+        self.data_dim = int(data_dim)
+
+    def decode(self, u: Tensor) -> Tensor:
+        """Angles ``(B, n)`` -> points on the sphere ``(B, d)``."""
+        sin_prods = torch.cumprod(torch.cat([torch.ones_like(u[..., :1]), torch.sin(u)], -1), -1)
+        cos_terms = torch.cat([torch.cos(u), torch.ones_like(u[..., :1])], -1)
+        return pad(sin_prods * cos_terms, self.data_dim)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Points ``(B, d)`` -> angles ``(B, n)`` of their radial projection onto the sphere."""
+        n = self.latent_dim
+        y = x[..., : n + 1]
+        # tail[k] = |y_{k:}|^2; clamp before sqrt so gradients stay finite at 0.
+        tail = torch.flip(torch.cumsum(torch.flip(y.square(), [-1]), -1), [-1])
+        tail_norm = torch.sqrt(tail[..., 1:].clamp_min(1e-30))
+        angles = torch.atan2(tail_norm[..., : n - 1], y[..., : n - 1])
+        last = torch.remainder(torch.atan2(y[..., n], y[..., n - 1]), 2 * math.pi)
+        return torch.cat([angles, last.unsqueeze(-1)], -1)
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, data_dim={self.data_dim}"

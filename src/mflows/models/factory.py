@@ -1,0 +1,334 @@
+"""Building models by name (:func:`make_model`) and loading saved ones (:func:`load`).
+
+Architecture options (keyword arguments of :func:`make_model`; each kind accepts the subset
+listed in ``ARCHITECTURE_KEYS``):
+
+=========================  ==========  ==================================================
+key                        default     meaning
+=========================  ==========  ==================================================
+outer_layers               5 (af: 10)  coupling layers of the outer flow f (tabular data)
+inner_layers               5           coupling layers of the inner flow h (0: identity)
+hidden_features            100         units of the conditioner residual MLPs
+num_blocks                 2           residual blocks of the conditioners
+num_bins                   8           bins of the rational-quadratic splines
+tail_bound                 3.0         splines are linear outside [-B, B]
+linear                     permutation ``"permutation"``, ``"lu"`` or ``"none"`` between couplings
+coupling                   spline      ``"spline"`` or ``"affine"``
+conditional_outer          pie: True   context also enters f (and e for emflow); af always
+                           else False
+pie_epsilon                0.01        width of PIE's off-manifold base N(0, eps^2 I)
+encoder_hidden_features    100         emflow / pae encoder (residual MLP) units
+encoder_num_blocks         5           emflow / pae encoder residual blocks
+decoder_hidden_features    100         pae decoder units
+decoder_num_blocks         5           pae decoder residual blocks
+levels                     2           image outer flow: multi-scale levels
+steps_per_level            3           image outer flow: coupling steps per level
+image_options              {}          further keyword arguments of ``make_image_flow``
+chart                      "sphere"    fom: ``"sphere"`` or a chart object (see embeddings)
+seed                       None        seed for initialisation and random permutations
+=========================  ==========  ==================================================
+
+Image data (``data_dim=(C, H, W)``) use ``make_image_flow`` as the outer flow (af, pie, mflow,
+emflow; pae uses MLPs on the flattened image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mflows.models.ambient import AmbientFlow
+from mflows.models.base import FORMAT_NAME, Model
+from mflows.models.emflow import EMFlow
+from mflows.models.mflow import FOM, MFlow
+from mflows.models.pae import PAE
+from mflows.models.pie import PIE
+from mflows.transforms.base import IdentityTransform, Transform
+
+__all__ = ["ARCHITECTURE_KEYS", "KINDS", "default_architecture", "load", "make_model"]
+
+KINDS = ("af", "fom", "pie", "mflow", "emflow", "pae")
+
+_FLOW = {
+    "hidden_features": 100,
+    "num_blocks": 2,
+    "num_bins": 8,
+    "tail_bound": 3.0,
+    "linear": "permutation",
+    "coupling": "spline",
+    "seed": None,
+}
+_OUTER = {"outer_layers": 5, "levels": 2, "steps_per_level": 3, "image_options": {}}
+_INNER = {"inner_layers": 5}
+_ENCODER = {"encoder_hidden_features": 100, "encoder_num_blocks": 5}
+_DECODER = {"decoder_hidden_features": 100, "decoder_num_blocks": 5}
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "af": {**_FLOW, **_OUTER, "outer_layers": 10},
+    "fom": {**_FLOW, **_INNER, "chart": "sphere"},
+    "pie": {**_FLOW, **_OUTER, **_INNER, "conditional_outer": True, "pie_epsilon": 0.01},
+    "mflow": {**_FLOW, **_OUTER, **_INNER, "conditional_outer": False},
+    "emflow": {**_FLOW, **_OUTER, **_INNER, **_ENCODER, "conditional_outer": False},
+    "pae": {**_FLOW, **_INNER, **_ENCODER, **_DECODER},
+}
+
+#: the architecture keys each kind accepts.
+ARCHITECTURE_KEYS: dict[str, tuple[str, ...]] = {k: tuple(sorted(v)) for k, v in _DEFAULTS.items()}
+
+
+def default_architecture(kind: str) -> dict[str, Any]:
+    """The default architecture options of a kind (a fresh dict)."""
+    _check_kind(kind)
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in _DEFAULTS[kind].items()}
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def _offset_seed(seed: int | None, offset: int) -> int | None:
+    return None if seed is None else int(seed) + offset
+
+
+def _tabular_flow(
+    features: int, num_layers: int, context_features: int, arch: dict[str, Any], offset: int
+) -> Transform:
+    from mflows.transforms import make_tabular_flow
+
+    return make_tabular_flow(
+        features,
+        num_layers,
+        context_features=context_features,
+        hidden_features=arch["hidden_features"],
+        num_blocks=arch["num_blocks"],
+        num_bins=arch["num_bins"],
+        tail_bound=arch["tail_bound"],
+        linear=arch["linear"],
+        coupling=arch["coupling"],
+        seed=_offset_seed(arch["seed"], offset),
+    )
+
+
+def _inner_flow(latent_dim: int, context_dim: int, arch: dict[str, Any]) -> Transform:
+    if arch["inner_layers"] == 0:
+        return IdentityTransform()
+    return _tabular_flow(latent_dim, arch["inner_layers"], context_dim, arch, 1)
+
+
+def _outer_flow(data_shape: tuple[int, ...], context_dim: int, arch: dict[str, Any]) -> Transform:
+    if len(data_shape) == 1:
+        return _tabular_flow(data_shape[0], arch["outer_layers"], context_dim, arch, 0)
+    from mflows.transforms import make_image_flow
+
+    options = {
+        "context_features": context_dim,
+        "num_bins": arch["num_bins"],
+        "tail_bound": arch["tail_bound"],
+        "num_blocks": arch["num_blocks"],
+        "seed": arch["seed"],
+        **arch["image_options"],
+    }
+    return make_image_flow(data_shape, arch["levels"], arch["steps_per_level"], **options)
+
+
+def _mlp(
+    in_features: int,
+    out_features: int,
+    hidden_features: int,
+    num_blocks: int,
+    context_features: int = 0,
+) -> nn.Module:
+    from mflows.nets import ResidualMLP
+
+    return ResidualMLP(
+        in_features,
+        out_features,
+        hidden_features=hidden_features,
+        num_blocks=num_blocks,
+        context_features=context_features,
+        zero_init_last=False,  # an encoder / decoder that starts constant would be degenerate
+    )
+
+
+def _resolve(kind: str, architecture: dict[str, Any]) -> dict[str, Any]:
+    arch = default_architecture(kind)
+    unknown = sorted(set(architecture) - set(arch))
+    if unknown:
+        raise ValueError(
+            f"unknown architecture option(s) {', '.join(map(repr, unknown))} for kind {kind!r}; "
+            f"valid options: {', '.join(ARCHITECTURE_KEYS[kind])}"
+        )
+    arch.update(architecture)
+    if arch["linear"] not in ("permutation", "lu", "none"):
+        raise ValueError(f"linear must be 'permutation', 'lu' or 'none', got {arch['linear']!r}")
+    if arch["coupling"] not in ("spline", "affine"):
+        raise ValueError(f"coupling must be 'spline' or 'affine', got {arch['coupling']!r}")
+    return arch
+
+
+def make_model(
+    kind: str,
+    data_dim: int | tuple[int, ...],
+    latent_dim: int | None = None,
+    context_dim: int = 0,
+    **architecture: Any,
+) -> Model:
+    """Builds a model by name.
+
+    Args:
+        kind: ``"af"``, ``"fom"``, ``"pie"``, ``"mflow"``, ``"emflow"`` or ``"pae"``.
+        data_dim: d, or an image shape ``(C, H, W)`` (af, pie, mflow, emflow, pae).
+        latent_dim: manifold dimension n (ignored by ``af``, whose latent dimension is d).
+        context_dim: dimension of the conditioning variable theta (0: unconditional).
+        **architecture: options listed in the module docstring; unknown keys raise.
+
+    Returns:
+        The model, with ``config`` set so that :meth:`Model.save` / :func:`load` round-trip.
+
+    Raises:
+        ValueError: unknown kind or option, or inconsistent dimensions.
+    """
+    _check_kind(kind)
+    arch = _resolve(kind, architecture)
+    if isinstance(data_dim, (list, tuple)):
+        data_shape = tuple(int(s) for s in data_dim)
+        if len(data_shape) not in (1, 3) or min(data_shape) < 1:
+            raise ValueError(f"data_dim must be an int d or (C, H, W), got {data_dim!r}")
+    else:
+        data_shape = (int(data_dim),)
+    data_size = math.prod(data_shape)
+    image = len(data_shape) == 3
+    model_data_dim: int | tuple[int, ...] = data_shape if image else data_shape[0]
+    if context_dim < 0:
+        raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+    if kind == "af":
+        latent_dim = data_size
+    elif latent_dim is None or not 0 < int(latent_dim) <= data_size:
+        raise ValueError(f"expected 0 < latent_dim <= {data_size} for {kind!r}, got {latent_dim}")
+    latent_dim = int(latent_dim)
+
+    chart = arch.get("chart")
+    config_arch = dict(arch)
+    if kind == "fom":
+        if image:
+            raise ValueError("fom needs vector data (data_dim an int)")
+        if chart == "sphere":
+            from mflows.embeddings import SphereChart
+
+            if data_size < latent_dim + 1:
+                raise ValueError(
+                    f"the sphere chart needs data_dim >= latent_dim + 1, got d={data_size}, "
+                    f"n={latent_dim}"
+                )
+            chart = SphereChart(latent_dim, data_size)
+        elif isinstance(chart, str):
+            raise ValueError(f"unknown chart {chart!r}; use 'sphere' or pass a chart object")
+        else:
+            config_arch["chart"] = f"custom:{type(chart).__module__}.{type(chart).__qualname__}"
+
+    config = {
+        "kind": kind,
+        "data_dim": list(data_shape) if image else data_shape[0],
+        "latent_dim": latent_dim,
+        "context_dim": int(context_dim),
+        "architecture": config_arch,
+    }
+    c = int(context_dim)
+    with _seeded(arch["seed"]):
+        if kind == "af":
+            return AmbientFlow(_outer_flow(data_shape, c, arch), model_data_dim, c, config)
+        if kind == "fom":
+            return FOM(chart, _inner_flow(latent_dim, c, arch), data_size, latent_dim, c, config)
+        if kind == "pae":
+            encoder = _mlp(
+                data_size, latent_dim, arch["encoder_hidden_features"], arch["encoder_num_blocks"]
+            )
+            decoder = _mlp(
+                latent_dim, data_size, arch["decoder_hidden_features"], arch["decoder_num_blocks"]
+            )
+            inner = _inner_flow(latent_dim, c, arch)
+            return PAE(encoder, decoder, inner, model_data_dim, latent_dim, c, config)
+        outer_context = c if arch["conditional_outer"] else 0
+        outer = _outer_flow(data_shape, outer_context, arch)
+        inner = _inner_flow(latent_dim, c, arch)
+        if kind == "pie":
+            return PIE(
+                outer,
+                inner,
+                model_data_dim,
+                latent_dim,
+                c,
+                epsilon=arch["pie_epsilon"],
+                conditional_outer=arch["conditional_outer"],
+                config=config,
+            )
+        if kind == "mflow":
+            return MFlow(
+                outer, inner, model_data_dim, latent_dim, c, arch["conditional_outer"], config
+            )
+        encoder = _mlp(
+            data_size,
+            latent_dim,
+            arch["encoder_hidden_features"],
+            arch["encoder_num_blocks"],
+            outer_context,
+        )
+        return EMFlow(
+            outer, encoder, inner, model_data_dim, latent_dim, c, arch["conditional_outer"], config
+        )
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu", chart: Any = None) -> Model:
+    """Loads a model written by :meth:`Model.save`.
+
+    Only plain data are unpickled (``torch.load(weights_only=True)``). A FOM built with a custom
+    chart object needs that object again: pass it as ``chart``.
+
+    Args:
+        path: the file.
+        map_location: device to load the tensors to.
+        chart: the chart object of a FOM saved with a custom chart.
+
+    Returns:
+        The model in eval mode, with the saved dtype and parameters.
+    """
+    payload = torch.load(Path(path), map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path} is not an mflows model file")
+    config = payload["config"]
+    architecture = dict(config["architecture"])
+    if isinstance(architecture.get("chart"), str) and architecture["chart"].startswith("custom:"):
+        if chart is None:
+            raise ValueError(
+                f"{path} holds a FOM with a custom chart ({architecture['chart'][7:]}); "
+                "pass the chart object: load(path, chart=...)"
+            )
+        architecture["chart"] = chart
+    model = make_model(
+        config["kind"],
+        config["data_dim"],
+        config["latent_dim"],
+        config["context_dim"],
+        **architecture,
+    )
+    dtype = getattr(torch, payload.get("dtype", "float32"))
+    model = model.to(dtype=dtype, device=map_location)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
