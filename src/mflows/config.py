@@ -1,0 +1,519 @@
+"""Typed run configuration: one frozen dataclass per concern.
+
+A run is described by a :class:`RunConfig` made of
+
+- :class:`DataConfig`: which data set, its options and how many samples,
+- :class:`ModelConfig`: the model kind (``af``, ``fom``, ``pie``, ``mflow``, ``emflow``, ``pae``)
+  and its architecture,
+- :class:`TrainingConfig`: the training scheme (``likelihood``, ``alternating``, ``sequential``,
+  ``ot``, ``ot-alternating``, plus SCANDAL) and the optimiser settings,
+- :class:`EvaluationConfig`: sample sizes and chain lengths of ``mflows evaluate``.
+
+Configurations load from TOML (sections ``[data]``, ``[model]``, ``[training]``,
+``[evaluation]`` plus a top-level ``device``) or JSON with the same layout, take
+``section.field=value`` overrides that are type-checked against the dataclass fields, and
+serialise back to JSON for the run directory::
+
+    config = load_config("configs/power_mf_alternating.toml")
+    config = apply_overrides(config, ["training.epochs=2", "data.n_train=500"])
+    config.validate()
+
+Values in files and overrides are converted with the same rules: ``int`` fields take integers,
+``float`` fields take integers or floats, ``bool`` fields take ``true``/``false``, optional
+fields take ``none``; anything else raises :class:`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+__all__ = [
+    "ALGORITHMS",
+    "COMPATIBLE",
+    "KINDS",
+    "ConfigError",
+    "DataConfig",
+    "EvaluationConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainingConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
+
+#: Model kinds understood by :func:`mflows.models.make_model`.
+KINDS = ("af", "fom", "pie", "mflow", "emflow", "pae")
+
+#: Training algorithms understood by :func:`mflows.training.fit` (``pae`` is ``sequential``
+#: for the probabilistic autoencoder).
+ALGORITHMS = ("likelihood", "alternating", "sequential", "ot", "ot-alternating", "pae")
+
+#: Which training algorithms fit which model kind (SPEC §5; the same table as
+#: :data:`mflows.training.phases.ALGORITHMS`, seen from the model side).
+COMPATIBLE: dict[str, tuple[str, ...]] = {
+    "af": ("likelihood", "ot"),
+    "fom": ("likelihood", "ot"),
+    "pie": ("likelihood", "ot"),
+    "mflow": ("likelihood", "alternating", "sequential", "ot", "ot-alternating"),
+    "emflow": ("likelihood", "alternating", "sequential", "ot", "ot-alternating"),
+    "pae": ("sequential", "alternating", "pae", "ot", "ot-alternating"),
+}
+
+LINEAR_CHOICES = ("permutation", "lu", "none")
+COUPLING_CHOICES = ("spline", "affine")
+DEVICE_CHOICES = ("cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration value, file or override is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set to train on.
+
+    Attributes:
+        name: registered data set name (see ``mflows data list``).
+        latent_dim: true manifold dimension n for data sets that take it
+            (``spherical_gaussian``, ``conditional_spherical_gaussian``; paper flag
+            ``--truelatentdim``).
+        data_dim: ambient dimension d for data sets that take it (``--datadim``).
+        epsilon: off-manifold noise width for the spherical data sets (``--epsilon``).
+        n_train: number of training samples (``--samplesize``); None: the data set's full
+            training split (10^5 for the simulators).
+        data_dir: directory of file-backed data sets (``--data-dir``).
+        seed: seed of the simulated training sample.
+    """
+
+    name: str = "power"
+    latent_dim: int | None = None
+    data_dim: int | None = None
+    epsilon: float | None = None
+    n_train: int | None = None
+    data_dir: str | None = None
+    seed: int = 0
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for :func:`mflows.data.get` (only the ones that are set)."""
+        opts = {"n": self.latent_dim, "d": self.data_dim}
+        opts["epsilon"] = self.epsilon
+        opts["data_dir"] = self.data_dir
+        return {k: v for k, v in opts.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model kind and architecture (SPEC §4); see :mod:`mflows.models.factory`.
+
+    Fields that a kind does not use (e.g. ``encoder_*`` for an M-flow) are ignored for it.
+
+    Attributes:
+        kind: one of :data:`KINDS`.
+        latent_dim: model manifold dimension n (``--modellatentdim``); None takes the data
+            set's true manifold dimension.
+        outer_layers: coupling layers in the outer flow f (``--outerlayers``).
+        inner_layers: coupling layers in the inner flow h (``--innerlayers``; 0: identity).
+        hidden_features: hidden units of the conditioner residual MLPs
+            (``--outercouplinghidden``).
+        num_blocks: residual blocks of the conditioner MLPs (``--outercouplinglayers``).
+        num_bins: rational-quadratic spline bins (``--splinebins``).
+        tail_bound: spline interval [-B, B], linear tails outside (``--splinerange``).
+        linear: linear layers between couplings, ``permutation``, ``lu`` or ``none``
+            (``--lineartransform``).
+        coupling: ``spline`` or ``affine`` coupling layers (``--outertransform``).
+        conditional_outer: whether f sees the context theta (``--conditionalouter``); False
+            gives the manifold-independent ("unconditional manifold") variant.
+        pie_epsilon: width of the off-manifold base density of PIE (``--pieepsilon``).
+        encoder_num_blocks: residual blocks of the M_e-flow / PAE encoder (``--encoderblocks``).
+        encoder_hidden_features: hidden units of that encoder (``--encoderhidden``).
+        decoder_num_blocks: residual blocks of the PAE decoder (``--decoderblocks``).
+        decoder_hidden_features: hidden units of the PAE decoder (``--decoderhidden``).
+        levels: levels of the multi-scale image flow (``--levels``).
+        steps_per_level: coupling steps per level of the image flow.
+        chart: prescribed chart of a FOM; None picks ``sphere`` for the spherical data sets.
+    """
+
+    kind: str = "mflow"
+    latent_dim: int | None = None
+    outer_layers: int = 5
+    inner_layers: int = 5
+    hidden_features: int = 100
+    num_blocks: int = 2
+    num_bins: int = 8
+    tail_bound: float = 3.0
+    linear: str = "permutation"
+    coupling: str = "spline"
+    conditional_outer: bool = False
+    pie_epsilon: float = 0.01
+    encoder_num_blocks: int = 5
+    encoder_hidden_features: int = 100
+    decoder_num_blocks: int = 5
+    decoder_hidden_features: int = 100
+    levels: int = 4
+    steps_per_level: int = 5
+    chart: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Training scheme and optimiser (SPEC §5); see :func:`mflows.training.fit`.
+
+    Attributes:
+        algorithm: one of :data:`ALGORITHMS`.
+        scandal: weight of the SCANDAL score loss; None disables it (``--scandal``).
+        epochs: total epochs (split in halves, manifold first, by ``sequential``)
+            (``--epochs``).
+        batch_size: batch size (``--batchsize``).
+        lr: initial learning rate, cosine-annealed per phase (``--lr``).
+        weight_decay: AdamW weight decay (``--weightdecay``).
+        optimizer: ``adamw`` or ``adam``.
+        clip: gradient-norm clipping (``--clip``); None disables it.
+        validation_split: fraction held out for validation (``--validationsplit``).
+        early_stopping: keep the weights with the best validation loss of each stage.
+        patience: stop a stage after this many epochs without improvement; None: never.
+        reconstruction_weight: weight of the reconstruction error in simultaneous M-flow
+            likelihood training (``--msefactor``).
+        alternate: alternating schemes switch phases every ``batch`` or every ``epoch``.
+        seed: seed of initialisation, validation split and batching.
+    """
+
+    algorithm: str = "alternating"
+    scandal: float | None = None
+    epochs: int = 50
+    batch_size: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    clip: float | None = 1.0
+    validation_split: float = 0.25
+    early_stopping: bool = True
+    patience: int | None = None
+    reconstruction_weight: float = 1000.0
+    alternate: str = "batch"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Sample sizes of ``mflows evaluate`` (SPEC §7).
+
+    Attributes:
+        n_test: test points for reconstruction error, log-likelihood and OOD AUC.
+        n_generate: generated samples for the manifold distance (and FID).
+        n_observed: i.i.d. observations at theta* for the posterior.
+        mcmc_steps: MCMC samples kept per chain.
+        mcmc_burn_in: MCMC burn-in steps.
+        mcmc_step_size: Gaussian Metropolis step size.
+        inception_weights: local file with Inception weights for FID (image data only).
+        plot_resolution: grid points per axis of the learned-manifold plot.
+        seed: seed of all evaluation randomness.
+    """
+
+    n_test: int = 1000
+    n_generate: int = 10000
+    n_observed: int = 20
+    mcmc_steps: int = 5000
+    mcmc_burn_in: int = 100
+    mcmc_step_size: float = 0.15
+    inception_weights: str | None = None
+    plot_resolution: int = 60
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; saved as ``config.json`` in the run directory."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    device: str = "cpu"
+
+    def validate(self) -> RunConfig:
+        """Check choices and ranges that do not need the data set; return ``self``.
+
+        Raises:
+            ConfigError: naming the first invalid field.
+        """
+        m, t, d, e = self.model, self.training, self.data, self.evaluation
+        _choice("model.kind", m.kind, KINDS)
+        _choice("training.algorithm", t.algorithm, ALGORITHMS)
+        _choice("model.linear", m.linear, LINEAR_CHOICES)
+        _choice("model.coupling", m.coupling, COUPLING_CHOICES)
+        _choice("device", self.device, DEVICE_CHOICES)
+        _choice("training.optimizer", t.optimizer, ("adamw", "adam"))
+        _choice("training.alternate", t.alternate, ("batch", "epoch"))
+        if t.algorithm not in COMPATIBLE[m.kind]:
+            raise ConfigError(
+                f"training.algorithm = {t.algorithm!r} does not apply to model.kind = "
+                f"{m.kind!r}; valid: {', '.join(COMPATIBLE[m.kind])}"
+            )
+        positive = {
+            "model.outer_layers": m.outer_layers,
+            "model.num_bins": m.num_bins,
+            "model.hidden_features": m.hidden_features,
+            "model.num_blocks": m.num_blocks,
+            "model.levels": m.levels,
+            "model.steps_per_level": m.steps_per_level,
+            "model.tail_bound": m.tail_bound,
+            "model.pie_epsilon": m.pie_epsilon,
+            "training.epochs": t.epochs,
+            "training.batch_size": t.batch_size,
+            "training.lr": t.lr,
+            "evaluation.n_test": e.n_test,
+            "evaluation.n_generate": e.n_generate,
+            "evaluation.n_observed": e.n_observed,
+            "evaluation.mcmc_steps": e.mcmc_steps,
+            "evaluation.mcmc_step_size": e.mcmc_step_size,
+            "evaluation.plot_resolution": e.plot_resolution,
+        }
+        if m.kind != "af":
+            positive["model.inner_layers"] = m.inner_layers
+        keys = ("model.latent_dim", "data.latent_dim", "data.data_dim", "data.n_train")
+        for key in (*keys, "training.patience"):
+            value = _get(self, key)
+            if value is not None:
+                positive[key] = value
+        for key, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{key} must be > 0, got {value!r}")
+        non_negative = {
+            "training.weight_decay": t.weight_decay,
+            "training.reconstruction_weight": t.reconstruction_weight,
+            "evaluation.mcmc_burn_in": e.mcmc_burn_in,
+            "model.inner_layers": m.inner_layers,
+        }
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{key} must be >= 0, got {value!r}")
+        if not 0.0 <= t.validation_split < 1.0:
+            raise ConfigError(
+                f"training.validation_split must be in [0, 1), got {t.validation_split}"
+            )
+        if t.clip is not None and t.clip <= 0:
+            raise ConfigError(f"training.clip must be > 0 or none, got {t.clip}")
+        if t.scandal is not None and t.scandal < 0:
+            raise ConfigError(f"training.scandal must be >= 0 or none, got {t.scandal}")
+        if t.scandal is not None and t.algorithm == "ot":
+            raise ConfigError(
+                "training.scandal needs a likelihood term, which training.algorithm = 'ot' has "
+                "not; use 'ot-alternating' (gamf --alternate) or a likelihood scheme"
+            )
+        if d.epsilon is not None and d.epsilon < 0:
+            raise ConfigError(f"data.epsilon must be >= 0, got {d.epsilon}")
+        return self
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+}
+TOP_LEVEL = ("device",)
+
+
+def _choice(key: str, value: str, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{key} = {value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def _get(config: RunConfig, key: str) -> Any:
+    obj: Any = config
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe_type(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if args:
+        return " or ".join("none" if a is type(None) else a.__name__ for a in args)
+    return tp.__name__
+
+
+def _convert(key: str, value: Any, tp: Any, *, from_string: bool) -> Any:
+    """Convert ``value`` to the field type ``tp``, raising :class:`ConfigError` on mismatch."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        options = typing.get_args(tp)
+        if type(None) in options and (
+            value is None or (from_string and str(value).strip().lower() in ("none", "null"))
+        ):
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(key, value, option, from_string=from_string)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(f"{key} expects {_describe_type(tp)}, got {value!r}")
+    if from_string:
+        text = str(value).strip()
+        try:
+            if tp is bool:
+                lowered = text.lower()
+                if lowered in ("true", "1", "yes", "on"):
+                    return True
+                if lowered in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(text)
+            if tp is int:
+                return int(text)
+            if tp is float:
+                return float(text)
+            if tp is str:
+                return text
+        except ValueError:
+            raise ConfigError(f"{key} expects {tp.__name__}, got {value!r}") from None
+    else:
+        if tp is bool and isinstance(value, bool):
+            return value
+        if tp is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if tp is str and isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} expects {tp.__name__}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")  # pragma: no cover
+
+
+def _section_keys(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _unknown_key(section: str | None, name: str) -> ConfigError:
+    if section is None:
+        valid = [*SECTIONS, *TOP_LEVEL]
+        return ConfigError(f"unknown config key {name!r}; valid top-level keys: {', '.join(valid)}")
+    valid = _section_keys(SECTIONS[section])
+    return ConfigError(
+        f"unknown config key '{section}.{name}'; valid keys in [{section}]: {', '.join(valid)}"
+    )
+
+
+def config_from_dict(
+    raw: Mapping[str, Any], base: RunConfig | None = None, *, from_string: bool = False
+) -> RunConfig:
+    """Build a :class:`RunConfig` from a nested mapping, type-checking every value.
+
+    Args:
+        raw: ``{"data": {...}, "model": {...}, "training": {...}, "evaluation": {...},
+            "device": ...}``; missing keys keep the values of ``base``.
+        base: configuration to start from (defaults: :class:`RunConfig`).
+        from_string: parse values from strings (used for command-line overrides).
+
+    Raises:
+        ConfigError: for unknown keys or values of the wrong type.
+    """
+    config = base if base is not None else RunConfig()
+    updates: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"[{key}] must be a table of key = value pairs, got {value!r}")
+            cls = SECTIONS[key]
+            types_ = _field_types(cls)
+            section_updates = {}
+            for name, item in value.items():
+                if name not in types_:
+                    raise _unknown_key(key, name)
+                section_updates[name] = _convert(
+                    f"{key}.{name}", item, types_[name], from_string=from_string
+                )
+            updates[key] = dataclasses.replace(getattr(config, key), **section_updates)
+        elif key in TOP_LEVEL:
+            updates[key] = _convert(key, value, str, from_string=from_string)
+        else:
+            raise _unknown_key(None, key)
+    return dataclasses.replace(config, **updates)
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """Nested plain-Python representation (JSON-serialisable) of ``config``."""
+    return dataclasses.asdict(config)
+
+
+def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    """Load a TOML (``.toml``) or JSON (``.json``) run configuration.
+
+    Raises:
+        ConfigError: if the file is missing, cannot be parsed, or holds invalid keys/values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(path.read_text())
+        else:
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"cannot parse config file {str(path)!r}: {error}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {str(path)!r} must hold a table at the top level")
+    try:
+        return config_from_dict(raw, base)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write ``config`` as JSON, atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """Apply ``section.field=value`` overrides (``--set``), type-checked against the fields.
+
+    Example: ``apply_overrides(config, ["training.epochs=2", "model.linear=lu"])``; ``device=cuda``
+    sets a top-level key.
+
+    Raises:
+        ConfigError: for a malformed override, an unknown key or a value of the wrong type.
+    """
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if len(parts) == 1 and parts[0] in TOP_LEVEL:
+            nested[parts[0]] = value
+        elif len(parts) == 2 and parts[0] in SECTIONS:
+            if parts[1] not in _section_keys(SECTIONS[parts[0]]):
+                raise _unknown_key(parts[0], parts[1])
+            nested.setdefault(parts[0], {})[parts[1]] = value
+        else:
+            valid = ", ".join([*(f"{s}.<key>" for s in SECTIONS), *TOP_LEVEL])
+            raise ConfigError(f"unknown override key {key!r}; use one of: {valid}")
+    return config_from_dict(nested, config, from_string=True)

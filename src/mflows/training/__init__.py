@@ -1,0 +1,27 @@
+"""Training: schedules as data (phases), one generic trainer, checkpoints, data parallelism.
+
+The entry point is :func:`fit`; :func:`schedule_for` builds the schedule of each algorithm and
+:class:`Trainer` runs any :class:`Schedule`.
+"""
+
+from mflows.training.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
+from mflows.training.fit import fit
+from mflows.training.phases import ALGORITHMS, LOSS_NAMES, Phase, Schedule, Stage, schedule_for
+from mflows.training.trainer import History, Trainer, TrainingDivergedError, compute_losses
+
+__all__ = [
+    "ALGORITHMS",
+    "LOSS_NAMES",
+    "History",
+    "Phase",
+    "Schedule",
+    "Stage",
+    "Trainer",
+    "TrainingDivergedError",
+    "compute_losses",
+    "fit",
+    "load_checkpoint",
+    "load_model_from_checkpoint",
+    "save_checkpoint",
+    "schedule_for",
+]
