@@ -440,11 +440,28 @@ def test_lorenz_trajectories_solve_the_ode_and_are_cached(tmp_path, monkeypatch)
     assert gaps.max() < 1e-4
 
 
+def test_lorenz_distance_to_the_attractor(tmp_path):
+    ds = _tiny_lorenz(tmp_path, reference_points=2000)
+    reference = ds.standardise(np.asarray(ds.trajectories()).reshape(-1, 3)[::4])
+    assert len(reference) == 2000
+    # brute force against the k-d tree, on and off the attractor
+    x = np.concatenate([ds.sample(50, seed=1), np.random.default_rng(0).normal(size=(50, 3))])
+    brute = np.linalg.norm(x[:, None] - reference[None], axis=-1)
+    np.testing.assert_allclose(ds.distance_to_manifold(x), brute.min(1), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ds.project_to_manifold(x), reference[brute.argmin(1)], atol=1e-9)
+    # stored states are (nearly) on it; noisy copies of them are farther away
+    on = ds.distance_to_manifold(ds.load("test", n=300, seed=0).x)
+    off = ds.distance_to_manifold(ds.sample_ood(300, seed=0))
+    assert np.median(on) < 0.05 and np.median(off) > 2 * np.median(on)
+    assert ds.distance_to_manifold(reference[:5]).max() == 0.0
+    with pytest.raises(ValueError, match=r"\(B, 3\)"):
+        ds.distance_to_manifold(np.zeros((2, 2)))
+
+
 def test_lorenz_truth_not_available(tmp_path):
     ds = _tiny_lorenz(tmp_path)
-    for call in (ds.log_density, ds.distance_to_manifold, ds.project_to_manifold):
-        with pytest.raises(NotImplementedError, match="lorenz"):
-            call(np.zeros((2, 3)))
+    with pytest.raises(NotImplementedError, match="lorenz"):
+        ds.log_density(np.zeros((2, 3)))
     assert ds.sample_ood(10, seed=0).shape == (10, 3)
     with pytest.raises(NotImplementedError, match="no parameters"):
         ds.sample_prior(3)

@@ -341,6 +341,59 @@ def test_sphere_chart_density_integrates_to_one():
     assert abs((density * area).sum().item() - mass_u.item()) < 1e-3
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_unbounded_sphere_chart_density_is_normalised(n):
+    # The default FOM chart maps all of R^n onto the sphere: with an inner density that puts
+    # much of its mass far outside [0, pi] x [0, 2 pi) the density must still integrate to 1.
+    model = make_model("fom", n + 1, n, inner_layers=0).double()
+    assert model.chart.unbounded
+    k = 2000 if n == 1 else 300
+    lows = [0.0] * (n - 1) + [0.0]
+    highs = [math.pi] * (n - 1) + [2 * math.pi]
+    axes = [
+        torch.linspace(lo, hi, (k if i < n - 1 else 2 * k) + 1, **F64)
+        for i, (lo, hi) in enumerate(zip(lows, highs))
+    ]
+    centers = [0.5 * (a[1:] + a[:-1]) for a in axes]
+    cell = math.prod(float(a[1] - a[0]) for a in axes)
+    phi = torch.stack(torch.meshgrid(*centers, indexing="ij"), -1).reshape(-1, n)
+    y = SphereChart(n, n + 1).decode(phi)  # points on the sphere from raw angles
+    area = torch.ones(len(phi), **F64)
+    for i in range(n - 1):
+        area = area * torch.sin(phi[:, i]) ** (n - 1 - i)
+    with torch.no_grad():
+        density = model.log_prob(y).exp()
+        torch.testing.assert_close(model.project(y), y)
+        torch.testing.assert_close(model.decode(model.encode(y)), y)
+    assert abs((density * area).sum().item() * cell - 1.0) < 2e-3
+    # the raw-angle chart of the paper loses the mass outside its domain
+    angles = make_model("fom", n + 1, n, inner_layers=0, chart="sphere-angles").double()
+    with torch.no_grad():
+        lost = (angles.log_prob(y).exp() * area).sum().item() * cell
+    assert lost < 0.9
+
+
+def test_unbounded_sphere_chart_closed_form():
+    n, d = 3, 5
+    chart = SphereChart(n, d, unbounded=True).double()
+    u = torch.randn(7, n, **F64) * 2
+    scale = torch.tensor([math.pi, math.pi, 2 * math.pi], **F64)
+    phi = scale * torch.sigmoid(u)
+    torch.testing.assert_close(chart.decode(u), SphereChart(n, d).double().decode(phi))
+    torch.testing.assert_close(chart.encode(chart.decode(u)), u)
+    model = FOM(chart, IdentityTransform(), d, n).double()
+    log_dphi_du = torch.log(scale * torch.sigmoid(u) * torch.sigmoid(-u)).sum(-1)
+    expected = (
+        std_normal(u)
+        - log_dphi_du
+        - sum((n - i) * torch.log(torch.sin(phi[:, i - 1])) for i in range(1, n))
+    )
+    # J^T J is ill-conditioned near the poles: compare at 1e-5 relative accuracy
+    torch.testing.assert_close(model.log_prob(chart.decode(u)), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="sphere-angles"):
+        make_model("fom", 3, 2, chart="torus")
+
+
 def test_surface_density_integrates_to_one():
     torch.manual_seed(11)
     model = MFlow(nonlinear_flow(3), IdentityTransform(), 3, 2).double()

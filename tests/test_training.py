@@ -297,6 +297,20 @@ def test_early_stopping_restores_a_deep_copy_of_the_best_weights(power):
     assert any(not torch.equal(v, seen[2][k]) for k, v in snapshot(last).items())
 
 
+def test_alternating_early_stopping_follows_the_reconstruction_error(power):
+    # latent NLLs of different manifolds are not comparable (SPEC §2): the alternating scheme
+    # keeps the epoch with the best validation MSE, whatever the latent NLL does.
+    schedule = schedule_for("alternating", tiny("mflow"), epochs=3)
+    assert schedule.stages[0].monitor == ("mse",)
+    model = tiny("mflow")
+    history = fit(model, power.x, algorithm="alternating", epochs=3, **COMMON)
+    mse = history.column("val_mse")
+    assert history.column("val_monitor") == mse
+    assert history.best_epoch == 1 + min(range(3), key=lambda i: mse[i])
+    with pytest.raises(ValueError, match="monitor"):
+        Stage((Phase("m", "manifold", {"mse": 1.0}),), 1, monitor=("latent_nll",))
+
+
 def test_deterministic_for_a_fixed_seed(power):
     a, b, c = tiny("emflow"), tiny("emflow"), tiny("emflow")
     kwargs = dict(algorithm="alternating", epochs=2, **COMMON)

@@ -145,7 +145,9 @@ class ModelConfig:
         decoder_hidden_features: hidden units of the PAE decoder (``--decoderhidden``).
         levels: levels of the multi-scale image flow (``--levels``).
         steps_per_level: coupling steps per level of the image flow.
-        chart: prescribed chart of a FOM; None picks ``sphere`` for the spherical data sets.
+        chart: prescribed chart of a FOM (``sphere``: logit angles, a normalised density;
+            ``sphere-angles``: raw angles as in the paper); None picks ``sphere`` for the
+            spherical data sets.
     """
 
     kind: str = "mflow"

@@ -60,12 +60,24 @@ class SphereChart(nn.Module):
     (x_1..x_{n+1}) onto the sphere. The volume element is
     sqrt(det J^T J) = prod_{i=1}^{n-1} sin(phi_i)^(n-i).
 
+    With ``unbounded=True`` the chart's coordinates are u in R^n with phi_i = pi sigmoid(u_i) for
+    the polar angles and phi_n = 2 pi sigmoid(u_n) for the azimuth, so decode is a diffeomorphism
+    from all of R^n onto the sphere (up to a null set) and a FOM built on it has a density that
+    integrates to exactly 1 over the sphere. With plain angles (the original paper's FOM) the
+    latent mass that the inner flow puts outside [0, pi]^(n-1) x [0, 2 pi) is lost: the density
+    on the sphere is then normalised only once training has pushed all mass into that domain.
+
     Args:
         latent_dim: n >= 1.
         data_dim: d >= n + 1.
+        unbounded: use the logit-angle coordinates described above (``make_model("fom")`` with
+            ``chart="sphere"`` does); ``False`` keeps raw angles (``chart="sphere-angles"``).
     """
 
-    def __init__(self, latent_dim: int, data_dim: int):
+    #: clamp of sigmoid(u) in encode, so poles and the azimuth seam map to finite u.
+    EPS = 1e-7
+
+    def __init__(self, latent_dim: int, data_dim: int, unbounded: bool = False):
         super().__init__()
         if latent_dim < 1 or data_dim < latent_dim + 1:
             raise ValueError(
@@ -73,15 +85,21 @@ class SphereChart(nn.Module):
             )
         self.latent_dim = int(latent_dim)
         self.data_dim = int(data_dim)
+        self.unbounded = bool(unbounded)
+        scale = torch.full((self.latent_dim,), math.pi, dtype=torch.float64)
+        scale[-1] = 2 * math.pi
+        self.register_buffer("scale", scale.to(torch.get_default_dtype()), persistent=False)
 
     def decode(self, u: Tensor) -> Tensor:
-        """Angles ``(B, n)`` -> points on the sphere ``(B, d)``."""
+        """Coordinates ``(B, n)`` (angles, or logit angles if unbounded) -> sphere ``(B, d)``."""
+        if self.unbounded:
+            u = self.scale.to(u.dtype) * torch.sigmoid(u)
         sin_prods = torch.cumprod(torch.cat([torch.ones_like(u[..., :1]), torch.sin(u)], -1), -1)
         cos_terms = torch.cat([torch.cos(u), torch.ones_like(u[..., :1])], -1)
         return pad(sin_prods * cos_terms, self.data_dim)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Points ``(B, d)`` -> angles ``(B, n)`` of their radial projection onto the sphere."""
+        """Points ``(B, d)`` -> coordinates ``(B, n)`` of their radial projection on the sphere."""
         n = self.latent_dim
         y = x[..., : n + 1]
         # tail[k] = |y_{k:}|^2; clamp before sqrt so gradients stay finite at 0.
@@ -89,7 +107,10 @@ class SphereChart(nn.Module):
         tail_norm = torch.sqrt(tail[..., 1:].clamp_min(1e-30))
         angles = torch.atan2(tail_norm[..., : n - 1], y[..., : n - 1])
         last = torch.remainder(torch.atan2(y[..., n], y[..., n - 1]), 2 * math.pi)
-        return torch.cat([angles, last.unsqueeze(-1)], -1)
+        phi = torch.cat([angles, last.unsqueeze(-1)], -1)
+        if not self.unbounded:
+            return phi
+        return torch.logit(phi / self.scale.to(phi.dtype), eps=self.EPS)
 
     def extra_repr(self) -> str:
-        return f"latent_dim={self.latent_dim}, data_dim={self.data_dim}"
+        return f"latent_dim={self.latent_dim}, data_dim={self.data_dim}, unbounded={self.unbounded}"

@@ -24,7 +24,8 @@ decoder_num_blocks         5           pae decoder residual blocks
 levels                     2           image outer flow: multi-scale levels
 steps_per_level            3           image outer flow: coupling steps per level
 image_options              {}          further keyword arguments of ``make_image_flow``
-chart                      "sphere"    fom: ``"sphere"`` or a chart object (see embeddings)
+chart                      "sphere"    fom: ``"sphere"`` (logit angles, normalised density),
+                                       ``"sphere-angles"`` (raw angles, as the paper) or a chart
 seed                       None        seed for initialisation and random permutations
 =========================  ==========  ==================================================
 
@@ -229,7 +230,7 @@ def make_model(
     if kind == "fom":
         if image:
             raise ValueError("fom needs vector data (data_dim an int)")
-        if chart == "sphere":
+        if chart in ("sphere", "sphere-angles"):
             from mflows.embeddings import SphereChart
 
             if data_size < latent_dim + 1:
@@ -237,9 +238,11 @@ def make_model(
                     f"the sphere chart needs data_dim >= latent_dim + 1, got d={data_size}, "
                     f"n={latent_dim}"
                 )
-            chart = SphereChart(latent_dim, data_size)
+            chart = SphereChart(latent_dim, data_size, unbounded=chart == "sphere")
         elif isinstance(chart, str):
-            raise ValueError(f"unknown chart {chart!r}; use 'sphere' or pass a chart object")
+            raise ValueError(
+                f"unknown chart {chart!r}; use 'sphere', 'sphere-angles' or pass a chart object"
+            )
         else:
             config_arch["chart"] = f"custom:{type(chart).__module__}.{type(chart).__qualname__}"
 

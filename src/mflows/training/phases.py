@@ -9,10 +9,12 @@ runs any schedule; :func:`schedule_for` builds the schedule of each algorithm of
 =================  ==============================================================
 ``likelihood``     one stage, all parameters, ``nll`` (+ ``mse`` for M-flows)
 ``sequential``     manifold stage (``mse``), then density stage (``latent_nll``)
-``alternating``    one stage alternating the manifold and density phases
+``alternating``    one stage alternating the manifold and density phases (early stopping on
+                   the validation MSE: latent NLLs of different manifolds are not comparable)
 ``pae``            as ``sequential``, for the probabilistic autoencoder
 ``ot``             one stage, all parameters, ``sinkhorn``
-``ot-alternating`` one stage alternating ``sinkhorn`` (manifold) and ``latent_nll`` (h)
+``ot-alternating`` one stage alternating ``sinkhorn`` (manifold) and ``latent_nll`` (h),
+                   early stopping on the validation Sinkhorn divergence
 =================  ==============================================================
 
 SCANDAL adds ``score`` with its weight to every phase that carries a likelihood.
@@ -100,11 +102,14 @@ class Stage:
         epochs: number of epochs of the stage.
         alternate: ``"batch"`` (every batch takes one step of each phase in turn) or ``"epoch"``
             (epoch ``k`` of the stage trains phase ``k mod len(phases)``).
+        monitor: loss names whose weighted validation sum early stopping minimises (``None``:
+            every loss of the stage, i.e. ``val_loss``).
     """
 
     phases: tuple[Phase, ...]
     epochs: int
     alternate: str = "batch"
+    monitor: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phases", tuple(self.phases))
@@ -114,6 +119,23 @@ class Stage:
             raise ValueError(f"a Stage needs epochs >= 1, got {self.epochs}")
         if self.alternate not in ("batch", "epoch"):
             raise ValueError(f"alternate must be 'batch' or 'epoch', got {self.alternate!r}")
+        if self.monitor is not None:
+            object.__setattr__(self, "monitor", tuple(self.monitor))
+            losses = set(self.weights)
+            if not self.monitor or not set(self.monitor) <= losses:
+                raise ValueError(
+                    f"monitor must name losses of the stage ({', '.join(sorted(losses))}), "
+                    f"got {self.monitor!r}"
+                )
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Loss name -> summed weight over the phases (the terms of ``val_loss``)."""
+        weights: dict[str, float] = {}
+        for phase in self.phases:
+            for k, w in phase.losses.items():
+                weights[k] = weights.get(k, 0.0) + w
+        return weights
 
     @property
     def name(self) -> str:
@@ -159,6 +181,7 @@ class Schedule:
                 {
                     "epochs": s.epochs,
                     "alternate": s.alternate,
+                    "monitor": None if s.monitor is None else list(s.monitor),
                     "phases": [
                         {
                             "name": p.name,
@@ -252,12 +275,14 @@ def schedule_for(
     elif sequential:
         stages = (Stage((manifold,), split[0]), Stage((density,), split[1]))
     elif algorithm == "alternating":
-        stages = (Stage((manifold, density), total, alternate),)
+        # The latent NLL is measured in coordinates that move with the manifold, so it is not
+        # comparable between epochs (SPEC §2): early stopping follows the reconstruction error.
+        stages = (Stage((manifold, density), total, alternate, monitor=("mse",)),)
     elif algorithm == "ot":
         stages = (Stage((Phase("ot", "all", {"sinkhorn": 1.0}, lr),), total),)
     else:  # ot-alternating
         ot_manifold = Phase("manifold", "manifold", {"sinkhorn": 1.0}, lr)
-        stages = (Stage((ot_manifold, density), total, alternate),)
+        stages = (Stage((ot_manifold, density), total, alternate, monitor=("sinkhorn",)),)
     options = {
         "reconstruction_weight": float(reconstruction_weight),
         "scandal": bool(scandal),

@@ -54,7 +54,9 @@ class History:
             ``train_loss``, ``val_loss`` (NaN without validation), ``train_<term>`` and
             ``val_<term>`` for each loss term, ``lr`` (first phase) and ``time`` (seconds).
         best_epoch: epoch whose weights were kept by early stopping in the last stage (``None``
-            without validation or early stopping).
+            without validation or early stopping). Early stopping minimises ``val_loss``, or
+            ``val_monitor`` (the weighted sum of the stage's ``monitor`` losses) where a stage
+            sets one.
         wall_time: seconds spent training (summed over resumed sessions).
     """
 
@@ -333,10 +335,7 @@ class Trainer:
 
     def _validate(self, stage: Stage, data: tuple[Tensor, Tensor | None, Tensor | None]):
         x, context, scores = data
-        weights: dict[str, float] = {}
-        for phase in stage.phases:
-            for k, w in phase.losses.items():
-                weights[k] = weights.get(k, 0.0) + w
+        weights = stage.weights
         sums: dict[str, float] = {}
         n_local = 0
         order = torch.arange(len(x), device=x.device)
@@ -481,6 +480,9 @@ class Trainer:
                             vals = self._validate(stage, val)
                             record["val_loss"] = vals.pop("loss")
                             record.update({f"val_{k}": v for k, v in vals.items()})
+                            if stage.monitor is not None:
+                                w = stage.weights
+                                record["val_monitor"] = sum(w[k] * vals[k] for k in stage.monitor)
                             model.train()
                         record["lr"] = optimizers[0].param_groups[0]["lr"]
                         record["time"] = time.perf_counter() - tic
@@ -494,8 +496,9 @@ class Trainer:
                                     f"non-finite validation loss {record['val_loss']} after "
                                     f"epoch {epoch}" + self._last_good_message()
                                 )
-                            if record["val_loss"] < best_val:
-                                best_val, best_epoch, bad = record["val_loss"], epoch, 0
+                            current = record.get("val_monitor", record["val_loss"])
+                            if current < best_val:
+                                best_val, best_epoch, bad = current, epoch, 0
                                 best_state = _copy_state(model)
                             else:
                                 bad += 1
