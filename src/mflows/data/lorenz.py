@@ -15,8 +15,9 @@ The attractor has no tractable density (``log_density`` raises ``NotImplementedE
 closed-form distance. ``distance_to_manifold`` and ``project_to_manifold`` therefore use the
 nearest of ``reference_points`` stored states (evenly strided over all trajectories and steps, in
 standardised coordinates, searched with a k-d tree): an approximation whose resolution is the
-spacing of the reference states along and across the trajectories (about 0.02 with the default
-10^6 points of the default trajectories). Both are exact for the stored states themselves.
+spacing of the reference states (with the defaults: held-out test states lie at a median
+0.0025 and a 90% quantile of 0.005 from it, the OOD points, noise 0.1, at a median 0.06; the
+tree is built in about 2 s). Both are exact for the stored reference states themselves.
 """
 
 from __future__ import annotations
