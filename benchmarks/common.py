@@ -156,3 +156,40 @@ def run_jobs(
                 codes[name] = proc.returncode
                 del running[name]
     return codes
+
+
+def run_models(
+    script: str,
+    names: list[str],
+    forwarded: list[str],
+    labels: dict[str, str],
+    jobs: int,
+    threads: int = 1,
+    timeout: float | None = None,
+) -> list[dict[str, Any]]:
+    """Runs ``script --models NAME --out TMP/NAME.json *forwarded`` per model (:func:`run_jobs`).
+
+    Returns:
+        The first result of each model's JSON, or ``{"model", "label", "failed": rc}`` for a
+        model whose process failed (its log tail is printed).
+    """
+    import json
+    import sys
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"{Path(script).stem}_"))
+    commands = {
+        m: [sys.executable, script, "--models", m, "--out", str(tmp / f"{m}.json"), *forwarded]
+        for m in names
+    }
+    codes = run_jobs(commands, jobs, tmp, threads, timeout)
+    results = []
+    for name in names:
+        path = tmp / f"{name}.json"
+        if codes[name] == 0 and path.exists():
+            results.append(json.loads(path.read_text())["results"][0])
+        else:
+            print(f"[{name}] FAILED (rc {codes[name]}); log tail:", flush=True)
+            print((tmp / f"{name}.log").read_text()[-2000:], flush=True)
+            results.append({"model": name, "label": labels[name], "failed": codes[name]})
+    return results

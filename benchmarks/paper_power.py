@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from common import (
     generate,
     markdown_table,
     print_settings,
-    run_jobs,
+    run_models,
     write_json,
 )
 
@@ -230,7 +229,6 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def run_parallel(names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Runs each model in its own process, ``args.jobs`` at a time (``--job-timeout`` each)."""
-    tmp = Path(tempfile.mkdtemp(prefix="paper_power_"))
     common = [
         "--n-train",
         str(args.n_train),
@@ -248,21 +246,8 @@ def run_parallel(names: list[str], args: argparse.Namespace) -> list[dict[str, A
         "1",
         "--no-table",
     ]
-    commands = {
-        n: [sys.executable, __file__, "--models", n, "--out", str(tmp / f"{n}.json"), *common]
-        for n in names
-    }
-    codes = run_jobs(commands, args.jobs, tmp, args.threads, args.job_timeout)
-    results = []
-    for name in names:
-        path = tmp / f"{name}.json"
-        if codes[name] == 0 and path.exists():
-            results.append(json.loads(path.read_text())["results"][0])
-        else:
-            print(f"[{name}] FAILED (rc {codes[name]}); log tail:", flush=True)
-            print((tmp / f"{name}.log").read_text()[-2000:], flush=True)
-            results.append({"model": name, "label": MODELS[name][0], "failed": codes[name]})
-    return results
+    labels = {m: MODELS[m][0] for m in names}
+    return run_models(__file__, names, common, labels, args.jobs, args.threads, args.job_timeout)
 
 
 def table(results: list[dict[str, Any]]) -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from common import (
     generate,
     markdown_table,
     print_settings,
-    run_jobs,
+    run_models,
     write_json,
 )
 
@@ -142,28 +141,14 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def run_parallel(names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Runs each model in its own process, ``args.jobs`` at a time."""
-    tmp = Path(tempfile.mkdtemp(prefix="paper_sphere_"))
     common = [
         *("--n-train", str(args.n_train), "--epochs", str(args.epochs)),
         *("--seed", str(args.seed), "--threads", str(args.threads), "--device", args.device),
         *("--n", str(args.n), "--d", str(args.d), "--epsilon", str(args.epsilon)),
         *("--jobs", "1", "--no-table"),
     ]
-    commands = {
-        m: [sys.executable, __file__, "--models", m, "--out", str(tmp / f"{m}.json"), *common]
-        for m in names
-    }
-    codes = run_jobs(commands, args.jobs, tmp, args.threads, args.job_timeout)
-    results = []
-    for name in names:
-        path = tmp / f"{name}.json"
-        if codes[name] == 0 and path.exists():
-            results.append(json.loads(path.read_text())["results"][0])
-        else:
-            print(f"[{name}] FAILED (rc {codes[name]}); log tail:", flush=True)
-            print((tmp / f"{name}.log").read_text()[-2000:], flush=True)
-            results.append({"model": name, "label": MODELS[name][0], "failed": codes[name]})
-    return results
+    labels = {m: MODELS[m][0] for m in names}
+    return run_models(__file__, names, common, labels, args.jobs, args.threads, args.job_timeout)
 
 
 def table(results: list[dict[str, Any]]) -> str:
