@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mflows.errors import ConfigError
+
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -77,10 +79,6 @@ COMPATIBLE: dict[str, tuple[str, ...]] = {
 LINEAR_CHOICES = ("permutation", "lu", "none")
 COUPLING_CHOICES = ("spline", "affine")
 DEVICE_CHOICES = ("cpu", "cuda")
-
-
-class ConfigError(ValueError):
-    """A configuration value, file or override is invalid; the message names the field."""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from mflows.config import (
     load_config,
     save_config,
 )
+from mflows.errors import RunError
 
 __all__ = [
     "CONFIG_FILE",
@@ -74,10 +75,6 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
-
-
-class RunError(Exception):
-    """An error the user can act on (unknown data set, missing checkpoint, missing weights)."""
 
 
 # --------------------------------------------------------------------------------------------

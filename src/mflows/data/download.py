@@ -25,6 +25,8 @@ from urllib.error import URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
+from mflows.errors import DataNotAvailableError
+
 __all__ = [
     "CHECKSUM_FILE",
     "DataNotAvailableError",
@@ -39,10 +41,6 @@ __all__ = [
 
 CHECKSUM_FILE = "SHA256SUMS"
 _CHUNK = 1 << 20
-
-
-class DataNotAvailableError(RuntimeError):
-    """The files of a data set are missing or corrupted and could not be (re)downloaded."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from mflows import losses as L
+from mflows.errors import TrainingDivergedError
 from mflows.training import distributed as D
 from mflows.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -39,10 +40,6 @@ from mflows.training.checkpoint import (
 from mflows.training.phases import Phase, Schedule, Stage
 
 __all__ = ["History", "Trainer", "TrainingDivergedError", "compute_losses"]
-
-
-class TrainingDivergedError(FloatingPointError):
-    """A loss or gradient became NaN or infinite; the message names epoch, batch and values."""
 
 
 @dataclass
