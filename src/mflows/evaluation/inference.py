@@ -47,9 +47,6 @@ __all__ = [
     "uses_latent_shortcut",
 ]
 
-#: Model kinds whose log-likelihood in theta reduces to the inner flow's latent density.
-SHORTCUT_KINDS = ("mflow", "emflow", "fom", "pie")
-
 LogFn = Callable[[np.ndarray], float]
 
 
@@ -83,7 +80,9 @@ def _outer_is_conditional(model: Any) -> bool:
 
 def uses_latent_shortcut(model: Any) -> bool:
     """Whether theta enters only the inner flow h, so that u = g^-1(x) can be cached."""
-    return getattr(model, "kind", None) in SHORTCUT_KINDS and not _outer_is_conditional(model)
+    caps = getattr(model, "capabilities", None)  # mflows.registry.Capabilities
+    latent = bool(caps is not None and caps.latent_likelihood)
+    return latent and not _outer_is_conditional(model)
 
 
 def model_log_likelihood_fn(

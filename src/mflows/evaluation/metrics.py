@@ -219,7 +219,8 @@ def score_samples(
     """Evaluates a model's log-likelihood and projection on data in batches.
 
     Follows the model protocol of ``docs/interfaces.md``: ``log_prob`` is skipped for models
-    that raise ``NotImplementedError`` (PAE) and the projection for ambient flows (kind ``af``).
+    without an exact density (``model.exact_density`` False, e.g. PAE) and the projection for
+    models without a manifold (``model.has_manifold`` False, the ambient flow).
 
     Args:
         model: An mflows model.
@@ -239,17 +240,15 @@ def score_samples(
         ctx = torch.as_tensor(to_numpy(context)).to(dtype=dtype, device=device)
         if ctx.dim() == 1:
             ctx = ctx.expand(x.shape[0], -1)
-    do_proj = reconstruction and getattr(model, "kind", None) != "af"
+    do_proj = reconstruction and getattr(model, "has_manifold", True)
+    log_prob = log_prob and getattr(model, "exact_density", True)
     logps, projs = [], []
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size]
             cb = None if ctx is None else ctx[start : start + batch_size]
             if log_prob:
-                try:
-                    logps.append(to_numpy(model.log_prob(xb, context=cb)))
-                except NotImplementedError:
-                    log_prob = False
+                logps.append(to_numpy(model.log_prob(xb, context=cb)))
             if do_proj:
                 projs.append(to_numpy(model.project(xb, context=cb)))
     lp = np.concatenate(logps) if log_prob and logps else None

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mflows import registry
 from mflows.distributions import normal_log_prob
 from mflows.validation import as_tensor, check_context, check_num_samples
 
@@ -43,6 +44,25 @@ class Model(nn.Module):
     """
 
     kind: str = "base"
+
+    # -- capabilities of the kind (the one table is mflows.registry) ---------------------------
+    @property
+    def capabilities(self) -> registry.Capabilities:
+        """What this kind of model can do (:func:`mflows.registry.capabilities`)."""
+        return registry.capabilities(self.kind)
+
+    has_manifold = property(lambda self: self.capabilities.has_manifold)
+    exact_density = property(lambda self: self.capabilities.exact_density)
+    density_on_manifold = property(lambda self: self.capabilities.density_on_manifold)
+    has_encoder = property(lambda self: self.capabilities.has_encoder)
+    has_latent_density = property(lambda self: self.capabilities.has_latent_density)
+    prescribed_manifold = property(lambda self: self.capabilities.prescribed_manifold)
+
+    @property
+    def theta_enters_manifold(self) -> bool:
+        """Whether the context theta moves the manifold (a conditional outer flow / encoder)."""
+        conditional = bool(getattr(self, "conditional_outer", False))
+        return self.has_manifold and self.context_dim > 0 and conditional
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ Configurations load from TOML (sections ``[data]``, ``[model]``, ``[training]``,
 ``section.field=value`` overrides that are type-checked against the dataclass fields, and
 serialise back to JSON for the run directory::
 
-    config = load_config("configs/power_mf_alternating.toml")
+    config = load_config("configs/power_mf_alternating.toml")  # mflows.experiments.config
     config = apply_overrides(config, ["training.epochs=2", "data.n_train=500"])
     config.validate()
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -34,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mflows import registry
 from mflows.errors import ConfigError
+from mflows.files import atomic_write
 
 try:  # Python >= 3.11
     import tomllib
@@ -58,27 +61,42 @@ __all__ = [
     "save_config",
 ]
 
-#: Model kinds understood by :func:`mflows.models.make_model`.
-KINDS = ("af", "fom", "pie", "mflow", "emflow", "pae")
+#: Model kinds understood by :func:`mflows.models.make_model` (from :mod:`mflows.registry`).
+KINDS = registry.KINDS
 
-#: Training algorithms understood by :func:`mflows.training.fit` (``pae`` is ``sequential``
-#: for the probabilistic autoencoder).
-ALGORITHMS = ("likelihood", "alternating", "sequential", "ot", "ot-alternating", "pae")
+#: Training algorithms understood by :func:`mflows.training.fit` (from :mod:`mflows.registry`).
+ALGORITHMS = registry.ALGORITHMS
 
-#: Which training algorithms fit which model kind (SPEC §5; the same table as
-#: :data:`mflows.training.phases.ALGORITHMS`, seen from the model side).
-COMPATIBLE: dict[str, tuple[str, ...]] = {
-    "af": ("likelihood", "ot"),
-    "fom": ("likelihood", "ot"),
-    "pie": ("likelihood", "ot"),
-    "mflow": ("likelihood", "alternating", "sequential", "ot", "ot-alternating"),
-    "emflow": ("likelihood", "alternating", "sequential", "ot", "ot-alternating"),
-    "pae": ("sequential", "alternating", "pae", "ot", "ot-alternating"),
-}
+#: Which training algorithms fit which model kind, seen from the model side (derived from
+#: :data:`mflows.registry.COMPATIBLE`).
+COMPATIBLE: dict[str, tuple[str, ...]] = {k: registry.algorithms_for(k) for k in KINDS}
+
+
+def _fit_defaults() -> dict[str, Any]:
+    """The keyword defaults of :func:`mflows.training.fit`: the source of the training defaults."""
+    import inspect
+
+    from mflows.training import fit
+
+    return {
+        name: p.default
+        for name, p in inspect.signature(fit).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+_FIT = _fit_defaults()
 
 LINEAR_CHOICES = ("permutation", "lu", "none")
 COUPLING_CHOICES = ("spline", "affine")
 DEVICE_CHOICES = ("cpu", "cuda")
+
+#: largest sample size a config accepts (data.n_train, evaluation.n_test / n_generate).
+MAX_SAMPLES = 10**9
+#: seeds must be valid NumPy seeds.
+MAX_SEED = 2**32 - 1
+#: largest integer any field accepts.
+MAX_INT = 2**62
 
 
 @dataclass(frozen=True)
@@ -116,9 +134,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Model kind and architecture (SPEC §4); see :mod:`mflows.models.factory`.
+    """Model kind and architecture (docs/theory.md, "Models"); see :mod:`mflows.models.factory`.
 
     Fields that a kind does not use (e.g. ``encoder_*`` for an M-flow) are ignored for it.
+    Architecture fields left at ``None`` take the default of :func:`mflows.models.make_model` for
+    the kind (:func:`mflows.models.default_architecture`), so a configured model is exactly the
+    model ``make_model`` builds from the same arguments.
 
     Attributes:
         kind: one of :data:`KINDS`.
@@ -150,28 +171,43 @@ class ModelConfig:
 
     kind: str = "mflow"
     latent_dim: int | None = None
-    outer_layers: int = 5
-    inner_layers: int = 5
-    hidden_features: int = 100
-    num_blocks: int = 2
-    num_bins: int = 8
-    tail_bound: float = 3.0
-    linear: str = "permutation"
-    coupling: str = "spline"
-    conditional_outer: bool = False
-    pie_epsilon: float = 0.01
-    encoder_num_blocks: int = 5
-    encoder_hidden_features: int = 100
-    decoder_num_blocks: int = 5
-    decoder_hidden_features: int = 100
-    levels: int = 4
-    steps_per_level: int = 5
+    outer_layers: int | None = None
+    inner_layers: int | None = None
+    hidden_features: int | None = None
+    num_blocks: int | None = None
+    num_bins: int | None = None
+    tail_bound: float | None = None
+    linear: str | None = None
+    coupling: str | None = None
+    conditional_outer: bool | None = None
+    pie_epsilon: float | None = None
+    encoder_num_blocks: int | None = None
+    encoder_hidden_features: int | None = None
+    decoder_num_blocks: int | None = None
+    decoder_hidden_features: int | None = None
+    levels: int | None = None
+    steps_per_level: int | None = None
     chart: str | None = None
+
+    def architecture(self) -> dict[str, Any]:
+        """The architecture options that are set and that the kind takes (the rest: the
+        factory's defaults, :func:`mflows.models.default_architecture`)."""
+        from mflows.models import ARCHITECTURE_KEYS
+
+        keys = ARCHITECTURE_KEYS[self.kind]
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name in keys and getattr(self, f.name) is not None
+        }
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Training scheme and optimiser (SPEC §5); see :func:`mflows.training.fit`.
+    """Training scheme and optimiser; see :func:`mflows.training.fit`.
+
+    Every default except ``algorithm`` is read from the signature of :func:`mflows.training.fit`,
+    so an unset field trains exactly as ``fit`` does by default.
 
     Attributes:
         algorithm: one of :data:`ALGORITHMS`.
@@ -192,25 +228,25 @@ class TrainingConfig:
         seed: seed of initialisation, validation split and batching.
     """
 
-    algorithm: str = "alternating"
+    algorithm: str = "alternating"  # the paper's recommended scheme (fit itself: "likelihood")
     scandal: float | None = None
-    epochs: int = 50
-    batch_size: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    clip: float | None = 1.0
-    validation_split: float = 0.25
-    early_stopping: bool = True
-    patience: int | None = None
-    reconstruction_weight: float = 1000.0
-    alternate: str = "batch"
-    seed: int = 0
+    epochs: int = _FIT["epochs"]
+    batch_size: int = _FIT["batch_size"]
+    lr: float = _FIT["lr"]
+    weight_decay: float = _FIT["weight_decay"]
+    optimizer: str = _FIT["optimizer"]
+    clip: float | None = _FIT["clip"]
+    validation_split: float = _FIT["validation_split"]
+    early_stopping: bool = _FIT["early_stopping"]
+    patience: int | None = _FIT["patience"]
+    reconstruction_weight: float = _FIT["reconstruction_weight"]
+    alternate: str = _FIT["alternate"]
+    seed: int = _FIT["seed"]
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """Sample sizes of ``mflows evaluate`` (SPEC §7).
+    """Sample sizes of ``mflows evaluate`` (docs/theory.md, "Evaluation").
 
     Attributes:
         n_test: test points for reconstruction error, log-likelihood and OOD AUC.
@@ -248,14 +284,18 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Check choices and ranges that do not need the data set; return ``self``.
 
+        Refuses unknown choices, algorithms that do not fit the model kind
+        (:func:`mflows.registry.check_algorithm`), non-finite floats, negative seeds and sizes
+        out of range.
+
         Raises:
             ConfigError: naming the first invalid field.
         """
         m, t, d, e = self.model, self.training, self.data, self.evaluation
         _choice("model.kind", m.kind, KINDS)
         _choice("training.algorithm", t.algorithm, ALGORITHMS)
-        _choice("model.linear", m.linear, LINEAR_CHOICES)
-        _choice("model.coupling", m.coupling, COUPLING_CHOICES)
+        _choice("model.linear", m.linear, LINEAR_CHOICES, optional=True)
+        _choice("model.coupling", m.coupling, COUPLING_CHOICES, optional=True)
         _choice("device", self.device, DEVICE_CHOICES)
         _choice("training.optimizer", t.optimizer, ("adamw", "adam"))
         _choice("training.alternate", t.alternate, ("batch", "epoch"))
@@ -264,6 +304,13 @@ class RunConfig:
                 f"training.algorithm = {t.algorithm!r} does not apply to model.kind = "
                 f"{m.kind!r}; valid: {', '.join(COMPATIBLE[m.kind])}"
             )
+        for section in SECTIONS:
+            for f in dataclasses.fields(getattr(self, section)):
+                value = getattr(getattr(self, section), f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}")
+                if isinstance(value, int) and not isinstance(value, bool) and value > MAX_INT:
+                    raise ConfigError(f"{section}.{f.name} = {value} is too large (max {MAX_INT})")
         positive = {
             "model.outer_layers": m.outer_layers,
             "model.num_bins": m.num_bins,
@@ -273,9 +320,19 @@ class RunConfig:
             "model.steps_per_level": m.steps_per_level,
             "model.tail_bound": m.tail_bound,
             "model.pie_epsilon": m.pie_epsilon,
+            "model.encoder_num_blocks": m.encoder_num_blocks,
+            "model.encoder_hidden_features": m.encoder_hidden_features,
+            "model.decoder_num_blocks": m.decoder_num_blocks,
+            "model.decoder_hidden_features": m.decoder_hidden_features,
+            "model.latent_dim": m.latent_dim,
+            "data.latent_dim": d.latent_dim,
+            "data.data_dim": d.data_dim,
+            "data.n_train": d.n_train,
             "training.epochs": t.epochs,
             "training.batch_size": t.batch_size,
             "training.lr": t.lr,
+            "training.patience": t.patience,
+            "training.clip": t.clip,
             "evaluation.n_test": e.n_test,
             "evaluation.n_generate": e.n_generate,
             "evaluation.n_observed": e.n_observed,
@@ -283,40 +340,42 @@ class RunConfig:
             "evaluation.mcmc_step_size": e.mcmc_step_size,
             "evaluation.plot_resolution": e.plot_resolution,
         }
-        if m.kind != "af":
-            positive["model.inner_layers"] = m.inner_layers
-        keys = ("model.latent_dim", "data.latent_dim", "data.data_dim", "data.n_train")
-        for key in (*keys, "training.patience"):
-            value = _get(self, key)
-            if value is not None:
-                positive[key] = value
         for key, value in positive.items():
-            if not value > 0:
+            if value is not None and not value > 0:
                 raise ConfigError(f"{key} must be > 0, got {value!r}")
         non_negative = {
             "training.weight_decay": t.weight_decay,
             "training.reconstruction_weight": t.reconstruction_weight,
+            "training.scandal": t.scandal,
             "evaluation.mcmc_burn_in": e.mcmc_burn_in,
             "model.inner_layers": m.inner_layers,
+            "data.epsilon": d.epsilon,
+            "data.seed": d.seed,
+            "training.seed": t.seed,
+            "evaluation.seed": e.seed,
         }
         for key, value in non_negative.items():
-            if value < 0:
+            if value is not None and value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value!r}")
+        for key, value in {"data.n_train": d.n_train, "evaluation.n_test": e.n_test}.items():
+            if value is not None and value > MAX_SAMPLES:
+                raise ConfigError(f"{key} = {value} is too large (max {MAX_SAMPLES})")
+        if e.n_generate > MAX_SAMPLES:
+            raise ConfigError(f"evaluation.n_generate = {e.n_generate} is too large")
+        for key, value in {"data.seed": d.seed, "training.seed": t.seed}.items():
+            if value > MAX_SEED:
+                raise ConfigError(f"{key} must be < 2**32, got {value}")
+        if e.seed + 100 > MAX_SEED:
+            raise ConfigError(f"evaluation.seed must be < 2**32 - 100, got {e.seed}")
         if not 0.0 <= t.validation_split < 1.0:
             raise ConfigError(
                 f"training.validation_split must be in [0, 1), got {t.validation_split}"
             )
-        if t.clip is not None and t.clip <= 0:
-            raise ConfigError(f"training.clip must be > 0 or none, got {t.clip}")
-        if t.scandal is not None and t.scandal < 0:
-            raise ConfigError(f"training.scandal must be >= 0 or none, got {t.scandal}")
         if t.scandal is not None and t.algorithm == "ot":
             raise ConfigError(
                 "training.scandal needs a likelihood term, which training.algorithm = 'ot' has "
-                "not; use 'ot-alternating' (gamf --alternate) or a likelihood scheme"
+                "not; use 'ot-alternating' or a likelihood scheme"
             )
-        if d.epsilon is not None and d.epsilon < 0:
-            raise ConfigError(f"data.epsilon must be >= 0, got {d.epsilon}")
         return self
 
 
@@ -329,8 +388,10 @@ SECTIONS: dict[str, type] = {
 TOP_LEVEL = ("device",)
 
 
-def _choice(key: str, value: str, choices: Iterable[str]) -> None:
+def _choice(key: str, value: str | None, choices: Iterable[str], optional: bool = False) -> None:
     choices = tuple(choices)
+    if optional and value is None:
+        return
     if value not in choices:
         raise ConfigError(f"{key} = {value!r} is not valid; choose one of: {', '.join(choices)}")
 
@@ -475,6 +536,10 @@ def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
                 raw = tomllib.load(fh)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"cannot parse config file {str(path)!r}: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"config file {str(path)!r} must hold a table at the top level")
     try:
@@ -485,10 +550,7 @@ def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     """Write ``config`` as JSON, atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(config_to_dict(config), indent=2, sort_keys=False) + "\n")
 
 
 def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:

@@ -1,0 +1,247 @@
+"""The ``mflows`` argument parser and its subcommands (behaviour: :mod:`mflows.cli.commands`)."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from pathlib import Path
+
+from mflows.cli.paper import PAPER_ALGORITHMS, PAPER_FLAGS, SCHEMES, UNSUPPORTED_FLAGS
+
+__all__ = ["build_parser"]
+
+_EPILOG_TRAIN = """\
+examples:
+  mflows train --dataset power --algorithm mf --alternate --out runs/power-mf
+  mflows train --config configs/power_mf_alternating.toml --out runs/p --set training.epochs=5
+  mflows train --dataset spherical_gaussian --truelatentdim 2 --datadim 3 --epsilon 0.01 \\
+      --algorithm flow --epochs 10 --out runs/sg-af
+
+algorithms (--algorithm [+ schedule flag] -> model kind / training scheme):
+{table}
+
+precedence: built-in defaults < --config FILE < flags < --set key=value.
+"""
+
+
+def _scheme_table() -> str:
+    lines = []
+    for (algorithm, schedule), (kind, training) in SCHEMES.items():
+        flag = "" if schedule == "default" else f" --{schedule}"
+        lines.append(f"  {'--algorithm ' + algorithm + flag:<30} -> {kind:<7} {training}")
+    return "\n".join(lines)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=100)
+
+
+def _add_common(parser: argparse.ArgumentParser, *, threads: int | None = None) -> None:
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="torch device (default: cpu)"
+    )
+    default = "torch's default" if threads is None else str(threads)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=threads,
+        metavar="N",
+        help=f"CPU threads of torch (default: {default}; 1 is fastest for small networks on a "
+        "busy machine)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mflows`` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="mflows",
+        formatter_class=_Formatter,
+        description=(
+            "Manifold-learning flows (Brehmer & Cranmer 2020, arXiv:2003.13913): learn a data\n"
+            "manifold and a tractable density on it; train, evaluate and sample models."
+        ),
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              mflows train --dataset power --algorithm mf --alternate --out runs/power-mf
+              mflows evaluate runs/power-mf
+              mflows sample runs/power-mf -n 1000 --out samples.npy
+              mflows data list
+              mflows demo --quick
+
+            run `mflows COMMAND --help` for the options of each command.
+            """
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # train ---------------------------------------------------------------------------------
+    train = sub.add_parser(
+        "train",
+        help="train a model and save it in a run directory",
+        description=(
+            "Build a data set and a model, train it and write model.pt, history.csv and the\n"
+            "resolved config.json into the run directory --out. Nothing is left under the\n"
+            "final model name if training fails."
+        ),
+        epilog=_EPILOG_TRAIN.format(table=_scheme_table()),
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+    train.add_argument("--out", required=True, type=Path, help="run directory to create")
+    train.add_argument("--config", type=Path, help="TOML or JSON config file (see configs/)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. training.epochs=5 (repeatable)",
+    )
+    train.add_argument("--dataset", help="data set name (see `mflows data list`)")
+    train.add_argument(
+        "--algorithm",
+        help=f"paper algorithm: {', '.join(PAPER_ALGORITHMS)} (see the table below)",
+    )
+    train.add_argument("--specified", action="store_true", help="mf only: prescribed chart (FOM)")
+    train.add_argument("--alternate", action="store_true", help="alternating M/D (or OT/D)")
+    train.add_argument("--sequential", action="store_true", help="sequential M/D training")
+    train.add_argument(
+        "--scandal",
+        nargs="?",
+        type=float,
+        const=-1.0,
+        default=None,
+        metavar="WEIGHT",
+        help="add the SCANDAL score loss (weight: WEIGHT, else the config's or 1.0)",
+    )
+    train.add_argument("--data-dir", help="directory of file-backed data sets")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    _add_common(train)
+    paper = train.add_argument_group("flags of the original research code")
+    for flag, key, kind, help_ in PAPER_FLAGS:
+        dest = "paper_" + flag.lstrip("-")
+        if kind == "flag":
+            paper.add_argument(flag, dest=dest, action="store_true", default=None, help=help_)
+        else:
+            metavar = {int: "N", float: "X"}.get(kind, "NAME")
+            paper.add_argument(
+                flag, dest=dest, type=kind, default=None, metavar=metavar, help=f"{help_} ({key})"
+            )
+    rejected = train.add_argument_group(
+        "flags of the original research code that mflows rejects",
+        textwrap.fill(" ".join(sorted(UNSUPPORTED_FLAGS)), width=96),
+    )
+    for flag in UNSUPPORTED_FLAGS:
+        rejected.add_argument(
+            flag, dest="unsupported_" + flag.lstrip("-"), nargs="?", const=True, default=None,
+            help=argparse.SUPPRESS,
+        )  # fmt: skip
+
+    # evaluate ------------------------------------------------------------------------------
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="compute metrics, plots and an HTML report for a run",
+        description=(
+            "Evaluate a trained run (SPEC §7): manifold distance of generated samples,\n"
+            "reconstruction error, test log-likelihood (vs the true density), OOD AUC, the\n"
+            "posterior over theta by MCMC (MMD vs the true posterior), FID for images.\n"
+            "Writes metrics.json, plots/ and report.html into the run directory."
+        ),
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              mflows evaluate runs/power-mf
+              mflows evaluate runs/power-mf --set evaluation.mcmc_steps=500
+              mflows evaluate runs/gan2d-mf --inception-weights pt_inception.pth
+            """
+        ),
+        formatter_class=_Formatter,
+    )
+    evaluate.add_argument("run_dir", type=Path, help="run directory written by `mflows train`")
+    evaluate.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an evaluation field, e.g. evaluation.n_generate=1000",
+    )
+    evaluate.add_argument("--inception-weights", help="local Inception weights file (FID)")
+    evaluate.add_argument("--data-dir", help="directory of file-backed data sets")
+    _add_common(evaluate)
+
+    # sample --------------------------------------------------------------------------------
+    sample = sub.add_parser(
+        "sample",
+        help="draw samples from a trained run into a .npy file",
+        description="Sample from the model of a run and save the array with numpy.save.",
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              mflows sample runs/power-mf -n 1000 --out samples.npy
+              mflows sample runs/power-mf -n 500 --theta 0.5 --out s.npy
+            """
+        ),
+        formatter_class=_Formatter,
+    )
+    sample.add_argument("run_dir", type=Path, help="run directory written by `mflows train`")
+    sample.add_argument("-n", "--num", type=int, default=1000, help="number of samples")
+    sample.add_argument("--out", type=Path, required=True, help="output .npy file")
+    sample.add_argument(
+        "--theta",
+        type=float,
+        nargs="+",
+        default=None,
+        help="parameter point for conditional models (default: the data set's default theta)",
+    )
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sample.add_argument("--data-dir", help="directory of file-backed data sets")
+    _add_common(sample)
+
+    # data ----------------------------------------------------------------------------------
+    data = sub.add_parser(
+        "data",
+        help="list and describe data sets",
+        description="List the registered data sets or describe one of them.",
+        epilog="examples:\n  mflows data list\n  mflows data describe power",
+        formatter_class=_Formatter,
+    )
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    data_sub.add_parser(
+        "list",
+        help="list data set names",
+        description="Print one registered data set name per line.",
+        formatter_class=_Formatter,
+    )
+    describe = data_sub.add_parser(
+        "describe",
+        help="describe one data set",
+        description="Print the dimensions, parameters and known truths of a data set.",
+        epilog="example:\n  mflows data describe lhc40d --data-dir ~/data/lhc40d",
+        formatter_class=_Formatter,
+    )
+    describe.add_argument("name", help="data set name")
+    describe.add_argument("--data-dir", help="directory of file-backed data sets")
+
+    # demo ----------------------------------------------------------------------------------
+    demo = sub.add_parser(
+        "demo",
+        help="train and evaluate an M-flow on the polynomial-surface mixture",
+        description=(
+            "End-to-end demo: trains an M-flow with alternating M/D training on the\n"
+            "polynomial-surface mixture (power), evaluates it (manifold distance,\n"
+            "reconstruction error, log-likelihood vs the true density, OOD AUC, posterior\n"
+            "MMD) and writes an HTML report. About 4-5 minutes on 2 CPU cores; --quick: seconds."
+        ),
+        epilog="examples:\n  mflows demo\n  mflows demo --quick --out /tmp/demo",
+        formatter_class=_Formatter,
+    )
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
+    demo.add_argument(
+        "--quick", action="store_true", help="tiny settings for a smoke test (seconds)"
+    )
+    _add_common(demo, threads=1)
+    return parser
