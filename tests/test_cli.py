@@ -105,7 +105,10 @@ def test_paper_flags_set_config_fields():
 def test_conditionalouter_and_scandal():
     config = _config("--dataset", "power", "--algorithm", "pie", "--conditionalouter")
     assert config.model.conditional_outer is True
-    assert _config("--dataset", "power", "--algorithm", "pie").model.conditional_outer is False
+    # without the flag: the factory's default for the kind (the same model as make_model builds)
+    assert _config("--dataset", "power", "--algorithm", "pie").model.conditional_outer is None
+    unconditional = ("--algorithm", "pie", "--set", "model.conditional_outer=false")
+    assert _config(*unconditional).model.conditional_outer is False
     assert _config("--algorithm", "mf", "--sequential", "--scandal").training.scandal == 1.0
     assert _config("--algorithm", "mf", "--sequential", "--scandal", "2").training.scandal == 2.0
     assert _config("--algorithm", "mf").training.scandal is None
@@ -334,17 +337,17 @@ def test_missing_checkpoint(tmp_path: Path, capsys):
     _assert_one_line(err)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    from mflows.config import RunConfig, save_config
+    from mflows.experiments.config import RunConfig, save_config
 
     save_config(RunConfig(), run_dir / "config.json")
     for command in (["evaluate", str(run_dir)], ["sample", str(run_dir), "--out", "x.npy"]):
         code, _, err = _run(capsys, *command)
-        assert code == 2 and "no checkpoint" in err
+        assert code == 2 and "no trained model" in err
         _assert_one_line(err)
 
 
 def test_interrupted_run_with_other_settings_is_not_resumed(tmp_path: Path, capsys):
-    from mflows.config import RunConfig, save_config
+    from mflows.experiments.config import RunConfig, save_config
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -408,11 +411,11 @@ def test_failed_training_leaves_no_model_file(tmp_path: Path, monkeypatch, capsy
     assert not (run_dir / "model.pt").exists()
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
     code, _, err = _run(capsys, "evaluate", str(run_dir))
-    assert code == 2 and "no checkpoint" in err
+    assert code == 2 and "no trained model" in err
 
 
 def test_image_metric_without_inception_weights(tmp_path: Path, monkeypatch, capsys):
-    from mflows.config import DataConfig, ModelConfig, RunConfig, TrainingConfig, save_config
+    from mflows.experiments.config import DataConfig, ModelConfig, RunConfig, TrainingConfig, save_config
 
     monkeypatch.delenv("MFLOWS_INCEPTION_WEIGHTS", raising=False)
     run_dir = tmp_path / "run"

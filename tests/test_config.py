@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mflows.config import (
+from mflows.experiments.config import (
     ALGORITHMS,
     COMPATIBLE,
     KINDS,
@@ -247,7 +247,7 @@ def test_config_directory_covers_the_paper_rows():
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
 def test_every_config_resolves_to_model_and_schedule(path: Path):
-    from mflows import runs
+    from mflows import experiments as runs
     from mflows.models import ARCHITECTURE_KEYS
     from mflows.training.phases import schedule_for
 

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="compute metrics, plots and an HTML report for a run",
         description=(
-            "Evaluate a trained run (SPEC §7): manifold distance of generated samples,\n"
+            "Evaluate a trained run (docs/theory.md, Evaluation): manifold distance of generated samples,\n"
             "reconstruction error, test log-likelihood (vs the true density), OOD AUC, the\n"
             "posterior over theta by MCMC (MMD vs the true posterior), FID for images.\n"
             "Writes metrics.json, plots/ and report.html into the run directory."
