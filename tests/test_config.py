@@ -287,3 +287,108 @@ def test_every_config_resolves_to_model_and_schedule(path: Path):
         scandal_weight=config.training.scandal or 1.0,
     )
     assert schedule.stages
+
+
+# --------------------------------------------------------------------------------------------
+# One source of defaults: the configured model is make_model's, the training is fit's
+# --------------------------------------------------------------------------------------------
+
+KIND_ALGORITHMS = [(k, a) for k in KINDS for a in COMPATIBLE[k]]
+
+
+@pytest.mark.parametrize(("kind", "algorithm"), KIND_ALGORITHMS)
+def test_cli_path_builds_the_same_model_as_make_model(kind, algorithm):
+    import torch
+
+    from mflows import experiments as runs
+    from mflows.cli import build_parser, train_config_from_args
+    from mflows.models import make_model
+
+    args = build_parser().parse_args(
+        ["train", "--out", "unused", "--dataset", "conditional_spherical_gaussian",
+         "--set", f"model.kind={kind}", "--set", f"training.algorithm={algorithm}",
+         "--set", "training.seed=3"]
+    )  # fmt: skip
+    config = train_config_from_args(args)
+    dataset = runs.get_dataset(config.data)
+    built = runs.build_model(config, dataset)
+    d, n, p = dataset.data_dim, dataset.latent_dim, dataset.parameter_dim
+    reference = make_model(kind, d, d if kind == "af" else n, p, seed=3)
+    assert built.config == reference.config
+    a, b = built.state_dict(), reference.state_dict()
+    assert list(a) == list(b)
+    for key in a:
+        assert a[key].shape == b[key].shape, key
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_every_architecture_option_has_a_config_field():
+    from mflows.models import ARCHITECTURE_KEYS
+
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    for kind, keys in ARCHITECTURE_KEYS.items():
+        missing = set(keys) - fields - {"seed", "image_options"}
+        assert not missing, (kind, missing)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_unset_training_fields_are_fits_defaults(algorithm):
+    import inspect
+
+    from mflows.experiments import fit_options
+    from mflows.training import fit
+
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(fit).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    options = fit_options(TrainingConfig(algorithm=algorithm))
+    assert options.pop("algorithm") == algorithm
+    for key, value in options.items():
+        assert value == defaults[key], key
+    assert "scandal_weight" not in options  # unset: fit's own default
+    assert fit_options(TrainingConfig(scandal=2.5))["scandal_weight"] == 2.5
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["training.lr=inf", "training.lr=nan", "model.tail_bound=inf", "data.epsilon=nan",
+     "evaluation.mcmc_step_size=-inf", "training.reconstruction_weight=nan"],
+)  # fmt: skip
+def test_validation_refuses_non_finite_floats(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key} must be a finite number"):
+        apply_overrides(RunConfig(), [override]).validate()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.seed=-1", r"data\.seed must be >= 0"),
+        ("training.seed=-5", r"training\.seed must be >= 0"),
+        ("data.seed=4294967296", r"data\.seed must be < 2\*\*32"),
+        ("data.n_train=1e20", r"data\.n_train expects"),
+        ("data.n_train=100000000000000000000", r"data\.n_train = .* is too large"),
+        ("evaluation.n_generate=10000000000", r"evaluation\.n_generate = .* is too large"),
+        ("model.inner_layers=-1", r"model\.inner_layers must be >= 0"),
+    ],
+)
+def test_validation_refuses_out_of_range_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(RunConfig(), [override]).validate()
+
+
+def test_json_config_with_nan_is_refused(tmp_path: Path):
+    path = tmp_path / "c.json"
+    path.write_text('{"training": {"lr": NaN}}')
+    with pytest.raises(ConfigError, match=r"training\.lr must be a finite number"):
+        load_config(path).validate()
+
+
+def test_non_utf8_config_is_a_config_error(tmp_path: Path):
+    for suffix in (".toml", ".json"):
+        path = tmp_path / f"c{suffix}"
+        path.write_bytes(b'[data]\nname = "\xff\xfe"\n')
+        with pytest.raises(ConfigError, match="is not UTF-8 text"):
+            load_config(path)
