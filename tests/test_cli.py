@@ -415,7 +415,13 @@ def test_failed_training_leaves_no_model_file(tmp_path: Path, monkeypatch, capsy
 
 
 def test_image_metric_without_inception_weights(tmp_path: Path, monkeypatch, capsys):
-    from mflows.experiments.config import DataConfig, ModelConfig, RunConfig, TrainingConfig, save_config
+    from mflows.experiments.config import (
+        DataConfig,
+        ModelConfig,
+        RunConfig,
+        TrainingConfig,
+        save_config,
+    )
 
     monkeypatch.delenv("MFLOWS_INCEPTION_WEIGHTS", raising=False)
     run_dir = tmp_path / "run"
@@ -452,3 +458,225 @@ def test_demo_quick(tmp_path: Path, capsys):
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     for key in ("manifold_distance", "reconstruction_error", "ood_auc", "posterior_mmd"):
         assert math.isfinite(metrics[key]) and key in out
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: one line, exit status 2 (1 for a diverged run), never a traceback
+# --------------------------------------------------------------------------------------------
+
+MICRO = [
+    "--set", "data.n_train=200", "--set", "model.outer_layers=1", "--set", "model.inner_layers=1",
+    "--set", "model.hidden_features=8", "--set", "model.num_blocks=1",
+    "--set", "training.epochs=1", "--set", "training.batch_size=50", "--threads", "1", "--quiet",
+]  # fmt: skip
+
+
+def _train(capsys, out: Path | str, *extra: str) -> tuple[int, str, str]:
+    return _run(capsys, "train", "--dataset", "power", "--algorithm", "mf", "--out", str(out),
+                *MICRO, *extra)  # fmt: skip
+
+
+def _one_error_line(err: str, command: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"mflows {command}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("micro") / "run"
+    assert main(["train", "--dataset", "power", "--algorithm", "mf", "--out", str(out),
+                 *MICRO]) == 0  # fmt: skip
+    return out
+
+
+def test_non_utf8_config_is_one_line(tmp_path: Path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_bytes(b"[training]\nepochs = 1 # \xff\xfe\n")
+    code, _, err = _run(capsys, "train", "--config", str(cfg), "--out", str(tmp_path / "r"))
+    assert code == 2
+    assert "not UTF-8" in _one_error_line(err, "train") and str(cfg) in err
+
+
+def test_out_through_a_regular_file_is_one_line(tmp_path: Path, capsys):
+    blocker = tmp_path / "somefile"
+    blocker.write_text("x")
+    code, _, err = _train(capsys, blocker / "x")
+    assert code == 2
+    line = _one_error_line(err, "train")
+    assert "Not a directory" in line and "somefile" in line
+    code, _, err = _train(capsys, blocker)
+    assert code == 2 and "is not a directory" in _one_error_line(err, "train")
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.seed=-1", "data.seed must be >= 0"),
+        ("data.n_train=1e20", "data.n_train expects int"),
+        ("data.n_train=100000000000000000000", "is too large"),
+        ("training.lr=nan", "training.lr must be a finite number"),
+        ("model.tail_bound=inf", "model.tail_bound must be a finite number"),
+    ],
+)
+def test_bad_set_values_are_one_line(tmp_path: Path, capsys, override, message):
+    code, _, err = _train(capsys, tmp_path / "r", "--set", override)
+    assert code == 2
+    assert message in _one_error_line(err, "train")
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_config_errors_name_the_paper_flag(tmp_path: Path, capsys):
+    code, _, err = _train(capsys, tmp_path / "r", "--modellatentdim", "5")
+    assert code == 2
+    assert "--modellatentdim" in _one_error_line(err, "train")
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        pytest.param((), id="likelihood"),
+        pytest.param(
+            ("--alternate",),
+            id="alternating",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="the trainer reports a non-finite latent in the density phase as a "
+                "ValueError, not TrainingDivergedError (training branch); remove this mark "
+                "once that is merged",
+            ),
+        ),
+    ],
+)
+def test_huge_learning_rate_is_a_divergence_error(tmp_path: Path, capsys, schedule):
+    code, _, err = _train(capsys, tmp_path / "r", "--set", "training.lr=1e30", *schedule)
+    line = _one_error_line(err, "train")
+    assert code == 1, line
+    assert "non-finite" in line and "last good checkpoint" in line
+
+
+def test_training_diverged_error_exits_1(tmp_path: Path, capsys, monkeypatch):
+    import mflows.training
+    from mflows.errors import TrainingDivergedError
+
+    def diverging_fit(*args, **kwargs):
+        raise TrainingDivergedError("loss is nan at epoch 1, batch 3; last good checkpoint: x")
+
+    monkeypatch.setattr(mflows.training, "fit", diverging_fit)
+    code, _, err = _train(capsys, tmp_path / "r")
+    assert code == 1
+    assert "last good checkpoint" in _one_error_line(err, "train")
+
+
+def test_keyboard_interrupt_during_start_up_is_one_line(tmp_path: Path, capsys, monkeypatch):
+    from mflows.experiments import build
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "dataset_names", interrupted)
+    code, _, err = _train(capsys, tmp_path / "r")
+    assert code == 130
+    assert err.strip() == "mflows train: interrupted"
+
+
+def test_sample_refuses_nan_theta_and_negative_seed(micro_run: Path, tmp_path: Path, capsys):
+    out = tmp_path / "s.npy"
+    code, _, err = _run(capsys, "sample", str(micro_run), "-n", "5", "--theta", "nan",
+                        "--out", str(out))  # fmt: skip
+    assert code == 2 and "--theta must be finite" in _one_error_line(err, "sample")
+    code, _, err = _run(capsys, "sample", str(micro_run), "-n", "5", "--seed", "-1",
+                        "--out", str(out))  # fmt: skip
+    assert code == 2 and "--seed" in _one_error_line(err, "sample")
+    assert not out.exists()
+
+
+def test_sample_refuses_to_write_non_finite_samples(micro_run: Path, tmp_path: Path, capsys):
+    import torch
+
+    from mflows.models import load
+    from mflows.models.base import Model
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "history.csv"):
+        (broken / name).write_bytes((micro_run / name).read_bytes())
+    model = load(micro_run / "model.pt")
+    with torch.no_grad():
+        next(iter(model.parameters())).fill_(float("nan"))
+    Model.save(model, broken / "model.pt")
+    out = tmp_path / "s.npy"
+    code, _, err = _run(capsys, "sample", str(broken), "-n", "5", "--out", str(out))
+    assert code == 2
+    assert "not finite" in _one_error_line(err, "sample")
+    assert not out.exists()
+
+
+def test_corrupt_model_file_says_what_to_do(micro_run: Path, tmp_path: Path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_bytes((micro_run / "config.json").read_bytes())
+    (bad / "model.pt").write_bytes(b"\x00garbage" * 10)
+    for command in (["evaluate", str(bad)], ["sample", str(bad), "--out", str(tmp_path / "s")]):
+        code, _, err = _run(capsys, *command)
+        line = _one_error_line(err, command[0])
+        assert code == 2 and "model.pt" in line and "--overwrite" in line and "delete" in line
+
+
+def test_corrupt_checkpoint_says_what_to_do(micro_run: Path, tmp_path: Path, capsys):
+    out = tmp_path / "interrupted"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "config.json").write_bytes((micro_run / "config.json").read_bytes())
+    (out / "checkpoints" / "checkpoint.pt").write_bytes(b"PK\x03\x04 not a zip")
+    code, _, err = _train(capsys, out)
+    line = _one_error_line(err, "train")
+    assert code == 2 and "--overwrite" in line and "checkpoints" in line
+    assert _train(capsys, out, "--overwrite")[0] == 0  # the advice works
+    assert (out / "model.pt").is_file()
+
+
+def test_train_refuses_a_directory_that_is_not_a_run(tmp_path: Path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    (out / "metrics.json").write_text("{}")
+    code, _, err = _train(capsys, out)
+    assert code == 2
+    line = _one_error_line(err, "train")
+    assert "holds no mflows run" in line and "--overwrite" in line
+    assert (out / "metrics.json").read_text() == "{}"
+    assert _train(capsys, out, "--overwrite")[0] == 0
+    assert (out / "notes.txt").read_text() == "precious"  # only the run's own files replaced
+    assert (out / "model.pt").is_file()
+
+
+def test_train_refuses_a_finished_run_with_another_config(micro_run: Path, capsys):
+    before = (micro_run / "config.json").read_text()
+    code, _, err = _train(capsys, micro_run, "--set", "training.lr=0.01")
+    assert code == 2 and "--overwrite" in _one_error_line(err, "train")
+    assert (micro_run / "config.json").read_text() == before
+
+
+def test_a_live_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(f"{sleeper.pid}\n")
+        code, _, err = _train(capsys, out)
+        line = _one_error_line(err, "train")
+        assert code == 2 and "in use by another mflows process" in line
+        assert f"pid {sleeper.pid}" in line
+        assert not (out / "config.json").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the process is gone: its lock is stale and taken over
+    assert _train(capsys, out)[0] == 0
+    assert (out / "model.pt").is_file() and not (out / ".lock").exists()

@@ -61,8 +61,8 @@ def error_message(error: BaseException) -> str:
         text = text.replace(api, cli)
     fields = [m for m in dict.fromkeys(_FIELD.findall(text)) if m in FIELD_FLAGS]
     if fields:
-        hints = "; ".join(f"{f}: {' / '.join(FIELD_FLAGS[f])}" for f in fields)
-        text = f"{text} (set with --set FIELD=VALUE or the flag: {hints})"
+        hints = "; ".join(f"{' / '.join(FIELD_FLAGS[f])} or --set {f}=VALUE" for f in fields)
+        text = f"{text} (command line: {hints})"
     return " ".join(text.split())
 
 
