@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="compute metrics, plots and an HTML report for a run",
         description=(
-            "Evaluate a trained run (docs/theory.md, Evaluation): manifold distance of generated samples,\n"
-            "reconstruction error, test log-likelihood (vs the true density), OOD AUC, the\n"
+            "Evaluate a trained run (protocol: docs/theory.md, Evaluation): manifold distance\n"
+            "of generated samples, reconstruction error, test log-likelihood (vs the true density), OOD AUC, the\n"
             "posterior over theta by MCMC (MMD vs the true posterior), FID for images.\n"
             "Writes metrics.json, plots/ and report.html into the run directory."
         ),
