@@ -146,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute metrics, plots and an HTML report for a run",
         description=(
             "Evaluate a trained run (protocol: docs/theory.md, Evaluation): manifold distance\n"
-            "of generated samples, reconstruction error, test log-likelihood (vs the true density), OOD AUC, the\n"
-            "posterior over theta by MCMC (MMD vs the true posterior), FID for images.\n"
+            "of generated samples, reconstruction error, test log-likelihood (vs the true\n"
+            "density), OOD AUC, the posterior over theta by MCMC (MMD vs the true posterior),\n"
+            "FID for images.\n"
             "Writes metrics.json, plots/ and report.html into the run directory."
         ),
         epilog=textwrap.dedent(
