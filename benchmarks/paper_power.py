@@ -1,9 +1,9 @@
 """Paper reproduction: Table 2 of Brehmer & Cranmer (2020), mixture on a polynomial surface.
 
-Trains every model of the paper's table (SPEC §8) on the ``power`` data set (d = 3, n = 2, one
-parameter theta with a uniform prior on [-1, 1]; training theta drawn from the prior, every model
-conditional on theta as in the paper) and scores it exactly as SPEC §7 "How the paper scored the
-power table" says:
+Trains every model of the paper's table (docs/theory.md, "Experiments") on the ``power`` data
+set (d = 3, n = 2, one parameter theta with a uniform prior on [-1, 1]; training theta drawn from
+the prior, every model conditional on theta as in the paper) and scores it with
+:func:`mflows.evaluation.score`, the paper's protocol (docs/theory.md, "Evaluation"):
 
 * manifold distance: mean over 10^4 samples generated at theta = 0 of min(distance, 10);
 * reconstruction error: mean over 10^3 test points (theta = 0) of min(|x - x'|, 10);
@@ -15,7 +15,7 @@ power table" says:
   better of the AUC from the log-likelihood at theta = 0 and the AUC from the reconstruction
   error (whichever the model has).
 
-Architecture and training follow the paper's power settings (SPEC §5): outer 5 and inner 5
+Architecture and training follow the paper's power settings (docs/theory.md): outer 5 and inner 5
 rational-quadratic spline couplings with permutations (AF: 10), 10 bins, tail bound 6, residual
 MLP conditioners with 100 units and 2 blocks (encoders/decoders 100 units, 5 blocks), batch 100,
 AdamW lr 1e-3, weight decay 1e-4, clip 1, validation split 0.25 with early stopping to the best
@@ -36,14 +36,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     Timer,
-    generate,
     markdown_table,
     print_settings,
     run_models,
@@ -51,14 +49,7 @@ from common import (
 )
 
 import mflows.data
-from mflows.evaluation import (
-    manifold_distance,
-    model_posterior_samples,
-    ood_auc,
-    posterior_mmd,
-    score_samples,
-    true_posterior_samples,
-)
+from mflows.evaluation.scoring import ScoreOptions, score_with_artifacts
 from mflows.models import ARCHITECTURE_KEYS, make_model
 from mflows.training import fit
 
@@ -79,7 +70,8 @@ MODELS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "emflow_seq": ("M_e-flow sequential", "emflow", "sequential", {}),
 }
 
-#: SPEC §8, median of 5 runs: manifold distance, reconstruction error, posterior MMD, OOD AUC.
+#: the paper's Table 2, median of 5 runs: manifold distance, reconstruction error, posterior
+#: MMD, OOD AUC.
 PAPER: dict[str, tuple[float | None, ...]] = {
     "af": (0.005, None, 0.071, 0.990),
     "pie": (0.035, 1.278, 0.131, 0.933),
@@ -116,77 +108,30 @@ def build(name: str, seed: int) -> torch.nn.Module:
     return make_model(kind, 3, 2, context_dim=1, **arch)
 
 
-def observed_points(data: Any, seed: int) -> np.ndarray:
-    """The 20 observed points at theta* = 0 (shared by every model and the true posterior)."""
-    return data.sample(N_OBSERVED, theta=data.default_theta, seed=10_000 + seed)
-
-
-def true_chain(data: Any, seed: int, num_samples: int) -> np.ndarray:
-    """Metropolis samples of the true posterior given :func:`observed_points`."""
-    return true_posterior_samples(
-        data,
-        observed_points(data, seed),
-        num_samples=num_samples,
-        burn_in=MCMC_BURN_IN,
-        theta0=data.default_theta,
-        step=MCMC_STEP,
-        seed=20_000 + seed,
-    )
-
-
 def evaluate(model: Any, name: str, data: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Scores a trained model as the paper scored the power table."""
+    """Scores a trained model with :func:`mflows.evaluation.score` (the paper's protocol)."""
     model.eval()
-    theta0 = data.default_theta
-    out: dict[str, Any] = {}
+    options = ScoreOptions(
+        n_test=N_TEST,
+        n_generate=N_GENERATED,
+        n_observed=N_OBSERVED,
+        mcmc_steps=args.posterior_samples,
+        mcmc_burn_in=MCMC_BURN_IN,
+        mcmc_step_size=MCMC_STEP,
+        seed=args.seed,
+    )
     with Timer() as t:
-        samples = generate(model, N_GENERATED, theta0, seed=args.seed)
-        out["manifold_distance"] = manifold_distance(samples, data, clip=10.0)
-        out["nonfinite_samples"] = int((~np.isfinite(samples).all(axis=1)).sum())
-
-        test = data.load("test", n=N_TEST, seed=args.seed)  # simulated at theta* = 0
-        ood = data.sample_ood(N_TEST, seed=30_000 + args.seed)
-        s_in = score_samples(model, test.x, context=theta0)
-        s_out = score_samples(model, ood, context=theta0)
-        if s_in.reconstruction_error is not None:
-            out["reconstruction_error"] = float(np.mean(np.minimum(s_in.reconstruction_error, 10)))
-        kwargs: dict[str, Any] = {}
-        if s_in.log_prob is not None:
-            kwargs.update(log_prob_in=s_in.log_prob, log_prob_out=s_out.log_prob)
-            true_lp = data.log_density(test.x.astype(np.float64), test.theta)
-            finite = np.isfinite(true_lp) & np.isfinite(s_in.log_prob)
-            out["test_log_likelihood"] = float(np.mean(s_in.log_prob[np.isfinite(s_in.log_prob)]))
-            out["test_log_likelihood_true_on_manifold"] = float(
-                np.mean(data.log_density_on_manifold(test.x.astype(np.float64), test.theta))
-            )
-            out["test_points_true_density_finite"] = int(finite.sum())
-        if s_in.reconstruction_error is not None:
-            kwargs.update(recon_in=s_in.reconstruction_error, recon_out=s_out.reconstruction_error)
-        auc = ood_auc(**kwargs)
-        out["ood_auc"] = auc["auc"]
-        out["ood_auc_log_likelihood"] = auc.get("auc_log_likelihood")
-        out["ood_auc_reconstruction"] = auc.get("auc_reconstruction")
+        scored = score_with_artifacts(model, data, options, device=args.device)
+    out: dict[str, Any] = dict(scored.metrics)
+    chain, truth = scored.artifacts.get("posterior_model"), scored.artifacts.get("posterior_true")
+    if chain is not None:
+        out["posterior_mean"], out["posterior_std"] = float(chain.mean()), float(chain.std())
+    if truth is not None:
+        out["true_posterior_mean"], out["true_posterior_std"] = (
+            float(truth.mean()),
+            float(truth.std()),
+        )
     out["eval_time_s"] = t.seconds
-
-    if s_in.log_prob is not None and args.posterior_samples > 0:
-        with Timer() as t:
-            chain = model_posterior_samples(
-                model,
-                observed_points(data, args.seed),
-                data.log_prior,
-                theta0,
-                num_samples=args.posterior_samples,
-                burn_in=MCMC_BURN_IN,
-                step=MCMC_STEP,
-                seed=40_000 + args.seed,
-            )
-            truth = true_chain(data, args.seed, args.posterior_samples)
-            out["posterior_mmd"] = posterior_mmd(chain, truth)
-            out["posterior_mean"] = float(chain.mean())
-            out["posterior_std"] = float(chain.std())
-            out["true_posterior_mean"] = float(truth.mean())
-            out["true_posterior_std"] = float(truth.std())
-        out["posterior_time_s"] = t.seconds
     return out
 
 
@@ -251,7 +196,7 @@ def run_parallel(names: list[str], args: argparse.Namespace) -> list[dict[str, A
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """Ours next to the paper's numbers (SPEC §8)."""
+    """Ours next to the paper's numbers (Table 2 of the paper)."""
     header = [
         "model",
         "manifold dist. (ours)",

@@ -82,11 +82,13 @@ def draw_samples(
     """``num`` samples of ``model`` (context ``(p,)`` shared by all) in batches, NumPy."""
     import torch
 
+    params = list(model.parameters()) if hasattr(model, "parameters") else []
+    device = params[0].device if params else None
     chunks = []
     with torch.no_grad():
         for start in range(0, num, batch_size):
             k = min(batch_size, num - start)
-            ctx = None if context is None else torch.as_tensor(context)
+            ctx = None if context is None else torch.as_tensor(context, device=device)
             chunks.append(model.sample(k, context=ctx).detach().cpu().numpy())
     return np.concatenate(chunks, axis=0)
 
