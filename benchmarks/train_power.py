@@ -1,9 +1,10 @@
 """Quality benchmark: M-flow with alternating M/D training on the power data (polynomial surface).
 
 Paper setup (docs/theory.md, "Experiments"): conditional M-flow (h sees theta, f does not),
-outer 5 and inner 5 rational-quadratic spline couplings with permutations, 10 bins, tail
-bound 6, residual MLP conditioners (100 units, 2 blocks), 10^5 training samples, batch 100, AdamW lr 1e-3, weight
-decay 1e-4, gradient clip 1, validation split 0.25, cosine decay, alternating M/D every batch.
+outer 5 and inner 5 rational-quadratic spline couplings with permutations, 10 bins, tail bound
+6, residual MLP conditioners (100 units, 2 blocks), 10^5 training samples, batch 100, AdamW lr
+1e-3, weight decay 1e-4, gradient clip 1, validation split 0.25, cosine decay, alternating M/D
+every batch.
 
 Metrics as the paper scored the power table (:func:`mflows.evaluation.score`):
 
