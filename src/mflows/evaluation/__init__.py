@@ -1,5 +1,8 @@
 """Evaluation: metrics, MMD, MCMC inference over theta, FID, closure test, plots and reports.
 
+:func:`score` (:mod:`mflows.evaluation.scoring`) applies the paper's evaluation protocol to a
+model and a data set and returns the metrics; the command line and the benchmarks use it.
+
 Metric functions take NumPy arrays or tensors (and callables) and return floats; the thin
 wrappers that take a model or a data set use only the protocols of ``docs/interfaces.md``.
 """
@@ -36,6 +39,7 @@ from mflows.evaluation.metrics import (
     log_likelihood_stats,
     manifold_distance,
     manifold_distances,
+    mean_reconstruction_error,
     ood_auc,
     reconstruction_error,
     reconstruction_errors,
@@ -53,11 +57,15 @@ from mflows.evaluation.plots import (
     plot_training_curves,
 )
 from mflows.evaluation.report import write_report
+from mflows.evaluation.scoring import CLIP, ScoreOptions, Scores, score, score_with_artifacts
 
 __all__ = [
+    "CLIP",
     "INCEPTION_WEIGHTS_FILE",
     "InceptionV3Features",
     "ModelScores",
+    "ScoreOptions",
+    "Scores",
     "closure_residuals",
     "closure_score",
     "closure_scores",
@@ -71,6 +79,7 @@ __all__ = [
     "log_posterior_at",
     "manifold_distance",
     "manifold_distances",
+    "mean_reconstruction_error",
     "median_distance",
     "metropolis",
     "mmd",
@@ -89,7 +98,9 @@ __all__ = [
     "reconstruction_errors",
     "roc_auc",
     "sample_posterior",
+    "score",
     "score_samples",
+    "score_with_artifacts",
     "slice_sample",
     "torch_threads",
     "true_log_likelihood_fn",

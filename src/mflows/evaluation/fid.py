@@ -313,7 +313,7 @@ def find_inception_weights(weights: str | os.PathLike | None = None) -> Path:
     return Path(candidate)
 
 
-_weights_path = find_inception_weights  # older private name, used by mflows.runs
+_weights_path = find_inception_weights  # older private name, kept for compatibility
 
 
 def load_inception(

@@ -25,6 +25,7 @@ __all__ = [
     "manifold_distance",
     "manifold_distances",
     "ood_auc",
+    "mean_reconstruction_error",
     "reconstruction_error",
     "reconstruction_errors",
     "roc_auc",
@@ -95,9 +96,17 @@ def reconstruction_errors(x: Any, x_proj: Any, clip: float | None = 10.0) -> np.
     return err if clip is None else np.minimum(err, clip)
 
 
-def reconstruction_error(x: Any, x_proj: Any, clip: float | None = 10.0) -> float:
-    r"""Mean clipped reconstruction error :math:`\frac{1}{N}\sum_i \min(|x_i - x'_i|, c)`."""
+def mean_reconstruction_error(x: Any, x_proj: Any, clip: float | None = 10.0) -> float:
+    r"""Mean clipped reconstruction distance :math:`\frac{1}{N}\sum_i \min(|x_i - x'_i|, c)`.
+
+    The evaluation metric (a Euclidean distance, clipped); not the training loss
+    ``mflows.losses.reconstruction_error`` (the mean squared error).
+    """
     return float(np.mean(reconstruction_errors(x, x_proj, clip)))
+
+
+#: former name of :func:`mean_reconstruction_error` (kept for compatibility).
+reconstruction_error = mean_reconstruction_error
 
 
 def log_likelihood_stats(model_logp: Any, true_logp: Any | None = None) -> dict[str, float]:
