@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
+from mflows import registry
 from mflows.evaluation.mcmc import metropolis, slice_sample
 from mflows.evaluation.metrics import to_numpy
 from mflows.evaluation.mmd import mmd
@@ -81,6 +82,9 @@ def _outer_is_conditional(model: Any) -> bool:
 def uses_latent_shortcut(model: Any) -> bool:
     """Whether theta enters only the inner flow h, so that u = g^-1(x) can be cached."""
     caps = getattr(model, "capabilities", None)  # mflows.registry.Capabilities
+    kind = getattr(model, "kind", None)
+    if caps is None and kind in registry.KINDS:  # a stand-in that only names its kind
+        caps = registry.capabilities(kind)
     latent = bool(caps is not None and caps.latent_likelihood)
     return latent and not _outer_is_conditional(model)
 
