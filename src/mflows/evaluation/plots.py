@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mflows.evaluation.metrics import to_numpy
+from mflows.files import atomic_path
 
 __all__ = [
     "plot_image_grid",
@@ -40,8 +41,8 @@ def _figure(width: float, height: float):
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
