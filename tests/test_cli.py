@@ -680,3 +680,10 @@ def test_a_live_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_path
     # the process is gone: its lock is stale and taken over
     assert _train(capsys, out)[0] == 0
     assert (out / "model.pt").is_file() and not (out / ".lock").exists()
+
+
+def test_paper_schemes_are_compatible_in_the_registry():
+    from mflows import registry
+
+    for (algorithm, schedule), (kind, training) in SCHEMES.items():
+        registry.check_algorithm(training, kind)  # raises if the table disagrees

@@ -193,3 +193,12 @@ def test_report_embeds_every_plot_and_metric(plots, tmp_path):
     assert "only" in report.read_text() and "manifold_distance" not in report.read_text()
     with pytest.raises(FileNotFoundError):
         write_report(tmp_path / "run", {}, [tmp_path / "missing.png"])
+
+
+def test_learned_manifold_plot_of_a_model_without_density(tmp_path):
+    import mflows
+
+    model = mflows.make_model("pae", 3, 2, hidden_features=8, num_blocks=1, seed=0).eval()
+    assert not model.exact_density
+    path = plot_learned_manifold(model, tmp_path / "pae.png", resolution=8)
+    assert path.is_file() and path.stat().st_size > 0

@@ -311,13 +311,10 @@ def plot_learned_manifold(
         with torch.no_grad():
             return to_numpy(model.decode(torch.as_tensor(u, dtype=dtype), context=ctx(len(u))))
 
-    def log_prob(x: np.ndarray) -> np.ndarray | None:
-        try:
-            with torch.no_grad():
-                t = torch.as_tensor(x, dtype=dtype)
-                return to_numpy(model.log_prob(t, context=ctx(len(x))))
-        except NotImplementedError:
-            return np.full(len(x), np.nan)
+    def log_prob(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            t = torch.as_tensor(x, dtype=dtype)
+            return to_numpy(model.log_prob(t, context=ctx(len(x))))
 
     if bounds is None:
         try:
@@ -327,9 +324,8 @@ def plot_learned_manifold(
             bounds = (float(u.mean() - 3 * u.std()), float(u.mean() + 3 * u.std()))
         except (RuntimeError, ValueError, NotImplementedError):
             bounds = (-3.0, 3.0)
-    return plot_manifold_density(
-        decode, log_prob, model.latent_dim, path, bounds, resolution, truth
-    )
+    density = log_prob if getattr(model, "exact_density", True) else None  # PAE: manifold only
+    return plot_manifold_density(decode, density, model.latent_dim, path, bounds, resolution, truth)
 
 
 def plot_reconstruction_errors(

@@ -396,23 +396,11 @@ def _make_plots(run: LoadedRun, artifacts: dict[str, Any], plots_dir: Path) -> l
         if model.has_manifold and model.latent_dim <= 2:
             path = plots_dir / "learned_manifold.png"
             context = artifacts.get("context")
-            if model.exact_density:
-                paths.append(
-                    P.plot_learned_manifold(
-                        model, path, context=context, truth=test, resolution=resolution
-                    )
+            paths.append(
+                P.plot_learned_manifold(
+                    model, path, context=context, truth=test, resolution=resolution
                 )
-            else:  # no density in x: draw the manifold only
-                paths.append(
-                    P.plot_manifold_density(
-                        _decoder(model, context),
-                        None,
-                        model.latent_dim,
-                        path,
-                        resolution=resolution,
-                        truth=test,
-                    )
-                )
+            )
     if "reconstruction_errors" in artifacts:
         paths.append(
             P.plot_reconstruction_errors(
@@ -431,19 +419,6 @@ def _make_plots(run: LoadedRun, artifacts: dict[str, Any], plots_dir: Path) -> l
             )
         )
     return [Path(p) for p in paths]
-
-
-def _decoder(model: Any, context: np.ndarray | None):
-    def decode(u: np.ndarray) -> np.ndarray:
-        import torch
-
-        ctx = None if context is None else torch.as_tensor(context)
-        if ctx is not None:
-            ctx = ctx.reshape(1, -1).expand(len(u), -1)
-        with torch.no_grad():
-            return model.decode(u, context=ctx).cpu().numpy()
-
-    return decode
 
 
 def _write_plots_and_report(run: LoadedRun, metrics: dict[str, Any], artifacts: dict) -> None:
