@@ -44,7 +44,7 @@ def test_score_is_deterministic_and_clips(monkeypatch):
     model = _model("mflow", data).eval()
     first = score(model, data, SMALL)
     torch.manual_seed(123)  # the caller's RNG state does not matter
-    np.random.seed(5)
+    np.random.seed(5)  # noqa: NPY002 - the legacy global state is what could leak in
     second = score(model, data, SMALL)
     assert first == second
     assert {"posterior_mmd", "log_posterior_true_theta", "ood_auc"} <= set(first)
