@@ -715,3 +715,31 @@ def test_image_models(kind):
     torch.testing.assert_close(logp, ref)
     with pytest.raises(ValueError, match=r"\(B, 3, 4, 4\)"):
         model.log_prob(x.reshape(2, -1))
+
+
+# ---------------------------------------------------------------- spline tail bound
+def _perturbed_curve_model(dtype):
+    model = make_model("mflow", 2, 1, seed=4).to(dtype)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in model.parameters():
+            if (p == 0).all():
+                p.add_(0.2 * torch.randn(p.shape, generator=gen).to(dtype))
+    return model
+
+
+def test_mflow_density_at_the_spline_tail_bound_is_right():
+    """Regression: u = +B (the spline's upper tail bound) gave log_prob = inf (now -5.42)."""
+    model = _perturbed_curve_model(torch.float32)
+    u = torch.tensor([[3.0], [3.0 + 1e-6], [2.9999], [-3.0], [-3.0 - 1e-6]])
+    with torch.no_grad():
+        logp = model.log_prob(model.decode(u))
+    assert torch.isfinite(logp).all()
+    # float64 reference: latent density and a central finite-difference Jacobian of g
+    ref_model = _perturbed_curve_model(torch.float64)
+    u64, eps = u.double(), 1e-7
+    with torch.no_grad():
+        jac = (ref_model.decode(u64 + eps) - ref_model.decode(u64 - eps)) / (2 * eps)
+        ref = ref_model.latent_log_prob(u64) - torch.log(jac.norm(dim=-1))
+    torch.testing.assert_close(logp.double(), ref, atol=2e-3, rtol=0)
+    assert abs(logp[0].item() - (-5.419)) < 2e-3
