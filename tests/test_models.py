@@ -531,6 +531,7 @@ ALL_KINDS = tuple(KIND_OPTIONS)
 
 
 def build(kind, d=4, n=2, c=0, **options):
+    n = None if kind == "af" else n
     return make_model(kind, d, n, c, seed=0, **{**KIND_OPTIONS[kind], **options})
 
 
@@ -677,7 +678,7 @@ def test_image_models(kind):
         options.update(encoder_hidden_features=8, encoder_num_blocks=1)
     if kind == "af":
         options.pop("inner_layers")
-    model = make_model(kind, IMAGE, 3, seed=0, **options).double()
+    model = make_model(kind, IMAGE, None if kind == "af" else 3, seed=0, **options).double()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

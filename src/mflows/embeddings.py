@@ -1,7 +1,7 @@
 """Embeddings between the manifold coordinates R^n and the data space R^d.
 
-* :func:`pad` / :func:`project`: the zero padding R^n -> R^d, u -> (u, 0), and its left inverse
-  (keep the first n coordinates) used by M-flows: g(u) = f(pad(u)), g^-1(x) = project(f^-1(x)).
+* :func:`pad` / :func:`unpad`: the zero padding R^n -> R^d, u -> (u, 0), and its left inverse
+  (keep the first n coordinates) used by M-flows: g(u) = f(pad(u)), g^-1(x) = unpad(f^-1(x)).
 * Charts for the flow on a prescribed manifold (FOM). A chart is any object with
 
   - ``latent_dim`` (n) and ``data_dim`` (d) attributes,
@@ -18,12 +18,11 @@
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Chart", "SphereChart", "pad", "project"]
+__all__ = ["SphereChart", "pad", "unpad"]
 
 
 def pad(u: Tensor, features: int) -> Tensor:
@@ -31,21 +30,11 @@ def pad(u: Tensor, features: int) -> Tensor:
     return torch.cat([u, u.new_zeros(*u.shape[:-1], features - u.shape[-1])], dim=-1)
 
 
-def project(z: Tensor, features: int) -> Tensor:
-    """Keeps the first ``features`` coordinates: ``(B, d) -> (B, features)``."""
+def unpad(z: Tensor, features: int) -> Tensor:
+    """Keeps the first ``features`` coordinates, ``(B, d) -> (B, features)``: the left inverse of
+    :func:`pad` (not to be confused with :meth:`mflows.models.Model.project`, the projection of
+    data onto the learned manifold)."""
     return z[..., :features]
-
-
-@runtime_checkable
-class Chart(Protocol):
-    """A prescribed manifold for FOM: see the module docstring for the contract."""
-
-    latent_dim: int
-    data_dim: int
-
-    def decode(self, u: Tensor) -> Tensor: ...
-
-    def encode(self, x: Tensor) -> Tensor: ...
 
 
 class SphereChart(nn.Module):

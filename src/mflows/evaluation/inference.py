@@ -1,4 +1,6 @@
-r"""Posterior inference over the parameters theta and its scores (SPEC §7).
+r"""Posterior inference over the parameters theta and its scores.
+
+The protocol is described in docs/theory.md, "Evaluation protocol".
 
 Observed data :math:`x_1..x_N` (20 i.i.d. points at theta* in the paper) give the unnormalised
 log posterior

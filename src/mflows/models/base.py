@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from mflows.distributions import normal_log_prob
+from mflows.errors import InvalidArgumentError
+from mflows.files import atomic_torch_save
 from mflows.validation import as_tensor, check_context, check_num_samples
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Model"]
@@ -188,9 +190,13 @@ class Model(nn.Module):
         return list(self.inner.parameters())
 
     def save(self, path: str | Path) -> None:
-        """Writes ``config`` and ``state_dict`` to ``path`` (read back by :func:`load`)."""
+        """Writes ``config`` and ``state_dict`` to ``path`` (read back by :func:`load`).
+
+        The file is written atomically (a temporary file renamed over ``path``): an interrupted
+        save leaves any previous file at ``path`` intact.
+        """
         if self.config is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "this model was assembled by hand (config is None); build it with "
                 "mflows.make_model to save it, or save its state_dict yourself"
             )
@@ -202,7 +208,7 @@ class Model(nn.Module):
             "dtype": str(self.dtype).replace("torch.", ""),
             "state_dict": state,
         }
-        torch.save(payload, Path(path))
+        atomic_torch_save(payload, Path(path))
 
     def extra_repr(self) -> str:
         return (

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mflows.embeddings import pad, project
+from mflows.embeddings import pad, unpad
 from mflows.jacobians import decoder_logdet
 from mflows.models.base import Model
 from mflows.transforms.base import Transform
@@ -66,7 +66,7 @@ class ManifoldFlowBase(Model):
 
     def _encode(self, x: Tensor, context: Tensor | None) -> Tensor:
         z, _ = self.outer(x, self._outer_context(context))
-        return project(z, self.latent_dim)
+        return unpad(z, self.latent_dim)
 
     def _decode(self, u: Tensor, context: Tensor | None) -> Tensor:
         x, _ = self.outer.inverse(pad(u, self.data_size), self._outer_context(context))
