@@ -744,3 +744,33 @@ def test_mflow_density_at_the_spline_tail_bound_is_right():
         ref = ref_model.latent_log_prob(u64) - torch.log(jac.norm(dim=-1))
     torch.testing.assert_close(logp.double(), ref, atol=2e-3, rtol=0)
     assert abs(logp[0].item() - (-5.419)) < 2e-3
+
+
+# ---------------------------------------------------------------- scale-safe sphere chart
+def _reference_angles(y: np.ndarray, n: int) -> np.ndarray:
+    """Hyperspherical angles of rows of y (float64 NumPy, independent of SphereChart)."""
+    y = y[:, : n + 1]
+    phi = [np.arctan2(np.linalg.norm(y[:, k + 1 :], axis=1), y[:, k]) for k in range(n - 1)]
+    phi.append(np.mod(np.arctan2(y[:, n], y[:, n - 1]), 2 * np.pi))
+    return np.stack(phi, axis=1)
+
+
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-16, 1.0, 1e20, 1e30])
+@pytest.mark.parametrize(("n", "d"), [(1, 2), (2, 3), (3, 5)])
+def test_sphere_chart_is_scale_safe_in_float32(n, d, magnitude):
+    """Regression: encode squared x and was wrong for |x| >= 1e20 or <= 1e-16 in float32."""
+    rng = np.random.default_rng(n + d)
+    direction = rng.normal(size=(8, d))
+    expected = _reference_angles(direction, n)
+    x = torch.tensor(direction * magnitude, dtype=torch.float32)
+    angles = SphereChart(n, d).float().encode(x)
+    np.testing.assert_allclose(angles.double().numpy(), expected, atol=2e-6, rtol=0)
+    logit = SphereChart(n, d, unbounded=True).float().encode(x)
+    scale = np.full(n, np.pi)
+    scale[-1] = 2 * np.pi
+    p = expected / scale
+    np.testing.assert_allclose(logit.double().numpy(), np.log(p / (1 - p)), atol=2e-4, rtol=0)
+    # the FOM density of a point is that of its radial projection, at any magnitude
+    model = make_model("fom", d, n, inner_layers=0)
+    unit = torch.tensor(direction / np.linalg.norm(direction[:, : n + 1], axis=1)[:, None])
+    torch.testing.assert_close(model.log_prob(x), model.log_prob(unit.float()), atol=1e-4, rtol=0)

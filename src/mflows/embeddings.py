@@ -91,9 +91,13 @@ class SphereChart(nn.Module):
         """Points ``(B, d)`` -> coordinates ``(B, n)`` of their radial projection on the sphere."""
         n = self.latent_dim
         y = x[..., : n + 1]
-        # tail[k] = |y_{k:}|^2; clamp before sqrt so gradients stay finite at 0.
+        # The angles do not depend on |y|: divide by max |y_k| first, so that squaring cannot
+        # overflow (|x| >= 1e20 in float32) or underflow (|x| <= 1e-16) below.
+        scale = y.abs().amax(-1, keepdim=True)
+        y = y / torch.where(scale > 0, scale, torch.ones_like(scale))
+        # tail[k] = |y_{k:}|^2 in [0, n + 1]; clamp before sqrt so gradients stay finite at 0.
         tail = torch.flip(torch.cumsum(torch.flip(y.square(), [-1]), -1), [-1])
-        tail_norm = torch.sqrt(tail[..., 1:].clamp_min(1e-30))
+        tail_norm = torch.sqrt(tail[..., 1:].clamp_min(torch.finfo(y.dtype).tiny))
         angles = torch.atan2(tail_norm[..., : n - 1], y[..., : n - 1])
         last = torch.remainder(torch.atan2(y[..., n], y[..., n - 1]), 2 * math.pi)
         phi = torch.cat([angles, last.unsqueeze(-1)], -1)
