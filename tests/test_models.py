@@ -774,3 +774,43 @@ def test_sphere_chart_is_scale_safe_in_float32(n, d, magnitude):
     model = make_model("fom", d, n, inner_layers=0)
     unit = torch.tensor(direction / np.linalg.norm(direction[:, : n + 1], axis=1)[:, None])
     torch.testing.assert_close(model.log_prob(x), model.log_prob(unit.float()), atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- bounded memory: chunks
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_public_methods_evaluate_large_batches_in_chunks(kind):
+    """Regression: log_prob held every intermediate of the whole batch (1e5 samples: +806 MB)."""
+    model = build(kind, c=1).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, ctx = torch.randn(23, 4, **F64), torch.randn(23, 1, **F64)
+    u = model.encode(x, ctx)
+    model.batch_chunk_size = None
+    methods = {
+        "encode": lambda: model.encode(x, ctx),
+        "decode": lambda: model.decode(u, ctx),
+        "project": lambda: model.project(x, ctx),
+        "latent_log_prob": lambda: model.latent_log_prob(u, ctx),
+        "sample": lambda: model.sample(23, ctx, generator=torch.Generator().manual_seed(0)),
+    }
+    if kind != "pae":
+        methods["log_prob"] = lambda: model.log_prob(x, ctx)
+    whole = {name: f() for name, f in methods.items()}
+    seen: list[int] = []
+    for private in ("_encode", "_decode", "_project", "_log_prob", "_latent_log_prob"):
+        original = getattr(model, private)
+
+        def spy(data, context, _original=original):
+            seen.append(data.shape[0])
+            return _original(data, context)
+
+        setattr(model, private, spy)
+    model.batch_chunk_size = 5
+    for name, f in methods.items():
+        seen.clear()
+        torch.testing.assert_close(f(), whole[name], atol=1e-12, rtol=1e-12)
+        assert seen and max(seen) <= 5, (name, seen)
+    model.batch_chunk_size = 0
+    with pytest.raises(ValueError, match="batch_chunk_size"):
+        model.encode(x, ctx)

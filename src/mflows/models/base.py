@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,13 @@ from mflows.errors import InvalidArgumentError
 from mflows.files import atomic_torch_save
 from mflows.validation import as_tensor, check_context, check_num_samples
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Model"]
+__all__ = ["DEFAULT_BATCH_CHUNK_SIZE", "FORMAT_NAME", "FORMAT_VERSION", "Model"]
 
 FORMAT_NAME = "mflows-model"
 FORMAT_VERSION = 1
+
+#: default :attr:`Model.batch_chunk_size`: a few tens of MB of intermediates for tabular data.
+DEFAULT_BATCH_CHUNK_SIZE = 4096
 
 
 class Model(nn.Module):
@@ -67,6 +71,9 @@ class Model(nn.Module):
         #: options of :func:`mflows.jacobians.decoder_logdet` used by ``log_prob``.
         self.jacobian_options: dict[str, Any] = {"chunk_size": None, "mode": "auto"}
         self.logdet_method = "cholesky"
+        #: the public methods process at most this many samples at once (``None``: no limit),
+        #: so that peak memory does not grow with the batch; results do not depend on it.
+        self.batch_chunk_size: int | None = DEFAULT_BATCH_CHUNK_SIZE
         # Carries dtype and device for models without parameters (e.g. FOM with identity h).
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
@@ -101,6 +108,23 @@ class Model(nn.Module):
     def _unflatten(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], *self.data_shape)
 
+    def _chunked(
+        self, fn: Callable[[Tensor, Tensor | None], Tensor], data: Tensor, context: Tensor | None
+    ) -> Tensor:
+        """``fn(data, context)`` evaluated on chunks of :attr:`batch_chunk_size` samples."""
+        size = self.batch_chunk_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise InvalidArgumentError(
+                f"expected batch_chunk_size a positive integer or None, got {size!r}"
+            )
+        if size is None or data.shape[0] <= size:
+            return fn(data, context)
+        parts = [
+            fn(data[i : i + size], None if context is None else context[i : i + size])
+            for i in range(0, data.shape[0], size)
+        ]
+        return torch.cat(parts)
+
     # ------------------------------------------------------------ public API
     def encode(self, x: Any, context: Any = None) -> Tensor:
         """Manifold coordinates u = g^-1(x).
@@ -113,7 +137,7 @@ class Model(nn.Module):
             ``(B, latent_dim)``.
         """
         x = self._check_x(x)
-        return self._encode(x, self._check_context(context, x.shape[0]))
+        return self._chunked(self._encode, x, self._check_context(context, x.shape[0]))
 
     def decode(self, u: Any, context: Any = None) -> Tensor:
         """Points on the manifold x = g(u).
@@ -126,13 +150,14 @@ class Model(nn.Module):
             ``(B, *data_dim)``.
         """
         u = self._check_u(u)
-        return self._unflatten(self._decode(u, self._check_context(context, u.shape[0])))
+        context = self._check_context(context, u.shape[0])
+        return self._unflatten(self._chunked(self._decode, u, context))
 
     def project(self, x: Any, context: Any = None) -> Tensor:
         """Projection onto the manifold x' = g(g^-1(x)); ``(B, *data_dim) -> (B, *data_dim)``."""
         x = self._check_x(x)
         context = self._check_context(context, x.shape[0])
-        return self._unflatten(self._project(x, context))
+        return self._unflatten(self._chunked(self._project, x, context))
 
     def log_prob(self, x: Any, context: Any = None) -> Tensor:
         """Exact log density of x (manifold models: of its projection onto the manifold).
@@ -145,7 +170,7 @@ class Model(nn.Module):
             ``(B,)``.
         """
         x = self._check_x(x)
-        return self._log_prob(x, self._check_context(context, x.shape[0]))
+        return self._chunked(self._log_prob, x, self._check_context(context, x.shape[0]))
 
     def latent_log_prob(self, u: Any, context: Any = None) -> Tensor:
         """log p_u(u) = log N(h^-1(u)) + log |det J_h^-1(u)| through the inner flow h.
@@ -158,7 +183,7 @@ class Model(nn.Module):
             ``(B,)``.
         """
         u = self._check_u(u)
-        return self._latent_log_prob(u, self._check_context(context, u.shape[0]))
+        return self._chunked(self._latent_log_prob, u, self._check_context(context, u.shape[0]))
 
     def sample(
         self, num: int, context: Any = None, *, generator: torch.Generator | None = None
@@ -177,7 +202,7 @@ class Model(nn.Module):
         num = check_num_samples(num)
         context = self._check_context(context, num, allow_single=True)
         u = self._sample_latent(num, context, generator)
-        return self._unflatten(self._decode(u, context))
+        return self._unflatten(self._chunked(self._decode, u, context))
 
     def manifold_parameters(self) -> list[nn.Parameter]:
         """Parameters of the manifold (outer flow f, encoders, decoders)."""
@@ -236,7 +261,7 @@ class Model(nn.Module):
         inner = getattr(self, "inner", None)
         if inner is None:
             return z
-        return inner.inverse(z, context)[0]
+        return self._chunked(lambda zi, ci: inner.inverse(zi, ci)[0], z, context)
 
     def _encode(self, x: Tensor, context: Tensor | None) -> Tensor:
         raise NotImplementedError

@@ -78,4 +78,6 @@ class PIE(ManifoldFlowBase):
         """
         x = self._check_x(x)
         context = self._check_context(context, x.shape[0])
-        return self._manifold_log_prob(self._encode(x, context), context)
+        return self._chunked(
+            lambda xi, ci: self._manifold_log_prob(self._encode(xi, ci), ci), x, context
+        )
