@@ -814,3 +814,111 @@ def test_public_methods_evaluate_large_batches_in_chunks(kind):
     model.batch_chunk_size = 0
     with pytest.raises(ValueError, match="batch_chunk_size"):
         model.encode(x, ctx)
+
+
+# ---------------------------------------------------------------- option range checks
+@pytest.mark.parametrize(
+    ("kind", "options", "message"),
+    [
+        ("mflow", {"tail_bound": 0.0}, r"expected tail_bound > 0 and finite, got 0.0"),
+        ("mflow", {"tail_bound": -1.0}, r"expected tail_bound > 0 and finite, got -1.0"),
+        ("mflow", {"tail_bound": float("inf")}, r"expected tail_bound > 0 and finite, got inf"),
+        ("mflow", {"tail_bound": float("nan")}, r"expected tail_bound > 0 and finite, got nan"),
+        ("mflow", {"tail_bound": True}, r"tail_bound"),
+        ("mflow", {"num_bins": 0}, r"expected num_bins an integer >= 1, got 0"),
+        ("mflow", {"outer_layers": 2.0}, r"expected outer_layers an integer >= 1, got 2.0"),
+        ("mflow", {"outer_layers": True}, r"outer_layers an integer"),
+        ("mflow", {"inner_layers": -1}, r"inner_layers an integer >= 0"),
+        ("mflow", {"hidden_features": "100"}, r"hidden_features an integer"),
+        ("mflow", {"num_blocks": 1.5}, r"num_blocks an integer"),
+        ("emflow", {"encoder_num_blocks": 0}, r"encoder_num_blocks an integer >= 1"),
+        ("pae", {"decoder_hidden_features": None}, r"decoder_hidden_features an integer"),
+        ("pie", {"pie_epsilon": 0.0}, r"expected pie_epsilon > 0 and finite, got 0.0"),
+        ("pie", {"pie_epsilon": float("inf")}, r"expected pie_epsilon > 0 and finite, got inf"),
+        ("pie", {"conditional_outer": "yes"}, r"conditional_outer True or False"),
+        ("mflow", {"seed": 1.5}, r"seed an integer"),
+    ],
+)
+def test_make_model_refuses_out_of_range_options(kind, options, message):
+    from mflows.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=message):
+        make_model(kind, 4, 2, **options)
+
+
+def test_make_model_refuses_bad_dimensions():
+    from mflows.errors import InvalidArgumentError
+
+    for data_dim in (0, 3.0, True, (3, 4), (3, 4, 0), "4"):
+        with pytest.raises(InvalidArgumentError, match="data_dim"):
+            make_model("mflow", data_dim, 1)
+    for latent_dim in (2.0, True, 0, 5, None):
+        with pytest.raises(InvalidArgumentError, match="latent_dim"):
+            make_model("mflow", 4, latent_dim)
+    with pytest.raises(InvalidArgumentError, match="context_dim"):
+        make_model("mflow", 4, 2, 1.0)
+    # an ambient flow's latent dimension is d: anything else is refused, not replaced
+    with pytest.raises(InvalidArgumentError, match="latent_dim == data_dim == 4"):
+        make_model("af", 4, 2)
+    assert make_model("af", 4, 4).latent_dim == 4 and make_model("af", 4).latent_dim == 4
+    assert make_model("mflow", np.int64(4), np.int64(2)).latent_dim == 2  # NumPy ints are ints
+
+
+# ---------------------------------------------------------------- save / load safety
+def test_failing_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    build("mflow").save(path)
+    before = path.read_bytes()
+    other = build("mflow", num_bins=4)
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        other.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary left
+
+
+def test_load_refuses_other_versions_and_damaged_files(tmp_path):
+    from mflows.errors import CheckpointError
+
+    path = tmp_path / "model.pt"
+    build("mflow").save(path)
+    payload = torch.load(path, weights_only=True)
+    for version, name in ((2, "v2.pt"), (None, "none.pt")):
+        torch.save({**payload, "version": version}, tmp_path / name)
+        with pytest.raises(CheckpointError, match=f"version {version!r}"):
+            load(tmp_path / name)
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an mflows model file"):
+        load(tmp_path / "other.pt")
+    (tmp_path / "truncated.pt").write_bytes(path.read_bytes()[:200])
+    (tmp_path / "text.pt").write_text("not a torch file")
+    for name in ("truncated.pt", "text.pt"):
+        with pytest.raises(CheckpointError, match="delete it and save or train the model again"):
+            load(tmp_path / name)
+    bad_weights = {**payload, "state_dict": {"outer.nothing": torch.zeros(1)}}
+    torch.save(bad_weights, tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load(tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match="no such model file"):
+        load(tmp_path / "missing.pt")
+
+
+def test_load_runs_no_code_from_a_crafted_file(tmp_path):
+    from mflows.errors import CheckpointError
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("pwned",))
+
+    torch.save({"format": "mflows-model", "version": 1, "config": Payload()}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError):
+        load(tmp_path / "x.pt")
+    assert not marker.exists()
