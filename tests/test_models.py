@@ -825,6 +825,7 @@ def test_public_methods_evaluate_large_batches_in_chunks(kind):
         ("mflow", {"tail_bound": float("inf")}, r"expected tail_bound > 0 and finite, got inf"),
         ("mflow", {"tail_bound": float("nan")}, r"expected tail_bound > 0 and finite, got nan"),
         ("mflow", {"tail_bound": True}, r"tail_bound"),
+        ("mflow", {"tail_bound": 1e30}, r"1e-06 <= tail_bound <= 10000"),
         ("mflow", {"num_bins": 0}, r"expected num_bins an integer >= 1, got 0"),
         ("mflow", {"outer_layers": 2.0}, r"expected outer_layers an integer >= 1, got 2.0"),
         ("mflow", {"outer_layers": True}, r"outer_layers an integer"),

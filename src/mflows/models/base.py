@@ -108,6 +108,23 @@ class Model(nn.Module):
     def _unflatten(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], *self.data_shape)
 
+    def _checked(self, method: str, out: Tensor, log_density: bool = False) -> Tensor:
+        """Refuses NaN (and +-inf, or +inf for log densities) outputs of a model whose
+        parameters are finite: the inputs are then outside what the model can evaluate in its
+        dtype. A model with non-finite parameters (a diverged training) returns them as they are,
+        so that the trainer can report the divergence."""
+        finite = torch.isfinite(out)
+        if log_density:
+            finite = finite | (out == -torch.inf)  # a density that underflows is 0, not an error
+        if bool(finite.all()) or not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
+            return out
+        bad = int((~finite).reshape(out.shape[0], -1).any(-1).sum()) if out.dim() else 1
+        raise InvalidArgumentError(
+            f"{method} gave non-finite values for {bad} of {out.shape[0] if out.dim() else 1} "
+            f"samples: their values are outside the range this {self.dtype} model can evaluate "
+            "(extreme magnitudes); rescale the data or use float64"
+        )
+
     def _chunked(
         self, fn: Callable[[Tensor, Tensor | None], Tensor], data: Tensor, context: Tensor | None
     ) -> Tensor:
@@ -137,7 +154,8 @@ class Model(nn.Module):
             ``(B, latent_dim)``.
         """
         x = self._check_x(x)
-        return self._chunked(self._encode, x, self._check_context(context, x.shape[0]))
+        u = self._chunked(self._encode, x, self._check_context(context, x.shape[0]))
+        return self._checked("encode", u)
 
     def decode(self, u: Any, context: Any = None) -> Tensor:
         """Points on the manifold x = g(u).
@@ -151,13 +169,13 @@ class Model(nn.Module):
         """
         u = self._check_u(u)
         context = self._check_context(context, u.shape[0])
-        return self._unflatten(self._chunked(self._decode, u, context))
+        return self._unflatten(self._checked("decode", self._chunked(self._decode, u, context)))
 
     def project(self, x: Any, context: Any = None) -> Tensor:
         """Projection onto the manifold x' = g(g^-1(x)); ``(B, *data_dim) -> (B, *data_dim)``."""
         x = self._check_x(x)
         context = self._check_context(context, x.shape[0])
-        return self._unflatten(self._chunked(self._project, x, context))
+        return self._unflatten(self._checked("project", self._chunked(self._project, x, context)))
 
     def log_prob(self, x: Any, context: Any = None) -> Tensor:
         """Exact log density of x (manifold models: of its projection onto the manifold).
@@ -170,7 +188,8 @@ class Model(nn.Module):
             ``(B,)``.
         """
         x = self._check_x(x)
-        return self._chunked(self._log_prob, x, self._check_context(context, x.shape[0]))
+        logp = self._chunked(self._log_prob, x, self._check_context(context, x.shape[0]))
+        return self._checked("log_prob", logp, log_density=True)
 
     def latent_log_prob(self, u: Any, context: Any = None) -> Tensor:
         """log p_u(u) = log N(h^-1(u)) + log |det J_h^-1(u)| through the inner flow h.
@@ -183,7 +202,9 @@ class Model(nn.Module):
             ``(B,)``.
         """
         u = self._check_u(u)
-        return self._chunked(self._latent_log_prob, u, self._check_context(context, u.shape[0]))
+        context = self._check_context(context, u.shape[0])
+        logp = self._chunked(self._latent_log_prob, u, context)
+        return self._checked("latent_log_prob", logp, log_density=True)
 
     def sample(
         self, num: int, context: Any = None, *, generator: torch.Generator | None = None
@@ -202,7 +223,7 @@ class Model(nn.Module):
         num = check_num_samples(num)
         context = self._check_context(context, num, allow_single=True)
         u = self._sample_latent(num, context, generator)
-        return self._unflatten(self._chunked(self._decode, u, context))
+        return self._unflatten(self._checked("sample", self._chunked(self._decode, u, context)))
 
     def manifold_parameters(self) -> list[nn.Parameter]:
         """Parameters of the manifold (outer flow f, encoders, decoders)."""

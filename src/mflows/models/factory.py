@@ -11,7 +11,7 @@ inner_layers               5           coupling layers of the inner flow h (0: i
 hidden_features            100         units of the conditioner residual MLPs
 num_blocks                 2           residual blocks of the conditioners
 num_bins                   8           bins of the rational-quadratic splines
-tail_bound                 3.0         splines are linear outside [-B, B]
+tail_bound                 3.0         splines are linear outside [-B, B]; 1e-6 <= B <= 1e4
 linear                     permutation ``"permutation"``, ``"lu"`` or ``"none"`` between couplings
 coupling                   spline      ``"spline"`` or ``"affine"``
 conditional_outer          pie: True   context also enters f (and e for emflow); af always
@@ -190,6 +190,9 @@ _INT_MINIMUM = {
 #: positive real options.
 _POSITIVE_FLOATS = ("tail_bound", "pie_epsilon")
 
+#: tail bounds the splines evaluate reliably in float32.
+_TAIL_BOUND_RANGE = (1e-6, 1e4)
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
@@ -225,6 +228,13 @@ def _resolve(kind: str, architecture: dict[str, Any]) -> dict[str, Any]:
     for name in _POSITIVE_FLOATS:
         if name in arch:
             arch[name] = _check_positive_float(name, arch[name])
+    low, high = _TAIL_BOUND_RANGE
+    if not low <= arch["tail_bound"] <= high:
+        raise InvalidArgumentError(
+            f"expected {low:g} <= tail_bound <= {high:g} (the splines act on [-tail_bound, "
+            f"tail_bound] of standardised data; beyond this range they overflow in float32), "
+            f"got {arch['tail_bound']:g}"
+        )
     if arch["seed"] is not None:
         arch["seed"] = _check_int("seed", arch["seed"], 0)
     if "conditional_outer" in arch and not isinstance(arch["conditional_outer"], (bool, np.bool_)):

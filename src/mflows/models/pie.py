@@ -78,6 +78,7 @@ class PIE(ManifoldFlowBase):
         """
         x = self._check_x(x)
         context = self._check_context(context, x.shape[0])
-        return self._chunked(
+        logp = self._chunked(
             lambda xi, ci: self._manifold_log_prob(self._encode(xi, ci), ci), x, context
         )
+        return self._checked("log_prob_manifold", logp, log_density=True)
