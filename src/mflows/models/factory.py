@@ -268,7 +268,7 @@ def make_model(
     Args:
         kind: ``"af"``, ``"fom"``, ``"pie"``, ``"mflow"``, ``"emflow"`` or ``"pae"``.
         data_dim: d, or an image shape ``(C, H, W)`` (af, pie, mflow, emflow, pae).
-        latent_dim: manifold dimension n (ignored by ``af``, whose latent dimension is d).
+        latent_dim: manifold dimension n; for ``af`` ``None`` or d (its latent space is R^d).
         context_dim: dimension of the conditioning variable theta (0: unconditional).
         **architecture: options listed in the module docstring; unknown keys raise.
 
@@ -276,7 +276,9 @@ def make_model(
         The model, with ``config`` set so that :meth:`Model.save` / :func:`load` round-trip.
 
     Raises:
-        ValueError: unknown kind or option, or inconsistent dimensions.
+        InvalidArgumentError: (a ``ValueError``) unknown kind or option, an option out of its
+            range (non-integer sizes, ``tail_bound`` or ``pie_epsilon`` not positive and
+            finite, ...), or inconsistent dimensions (``latent_dim != data_dim`` for ``af``).
     """
     _check_kind(kind)
     arch = _resolve(kind, architecture)
