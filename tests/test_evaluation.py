@@ -204,6 +204,9 @@ def test_median_distance_uses_all_pairs():
     assert median_distance(y) == pytest.approx(float(np.median(pdist(y))), rel=1e-12, abs=0)
     odd = y[:101]
     assert median_distance(odd) == pytest.approx(float(np.median(pdist(odd))), rel=1e-12)
+    chain = np.repeat(y[:300], 4, axis=0)  # Metropolis chains repeat points: many ties
+    assert median_distance(chain) == pytest.approx(float(np.median(pdist(chain))), rel=1e-12)
+    assert median_distance(np.zeros((5, 2))) == 0.0
     subset = median_distance(y, max_points=500, seed=1)
     assert subset != median_distance(y) and subset == pytest.approx(median_distance(y), rel=0.1)
 
