@@ -22,6 +22,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from mflows.errors import InvalidArgumentError
+
 __all__ = ["SphereChart", "pad", "unpad"]
 
 
@@ -69,7 +71,7 @@ class SphereChart(nn.Module):
     def __init__(self, latent_dim: int, data_dim: int, unbounded: bool = False):
         super().__init__()
         if latent_dim < 1 or data_dim < latent_dim + 1:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"SphereChart needs 1 <= latent_dim < data_dim, got n={latent_dim}, d={data_dim}"
             )
         self.latent_dim = int(latent_dim)
