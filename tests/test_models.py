@@ -923,3 +923,21 @@ def test_load_runs_no_code_from_a_crafted_file(tmp_path):
     with pytest.raises(CheckpointError):
         load(tmp_path / "x.pt")
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- extreme inputs
+def test_extreme_inputs_are_refused_not_returned_as_nan():
+    from mflows.errors import InvalidArgumentError
+
+    model = build("emflow", d=4, n=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.ones(2, 4)
+    x[0] = 1e37  # overflows the float32 encoder network
+    with pytest.raises(InvalidArgumentError, match=r"encode cannot evaluate 1 of 2 samples"):
+        model.encode(x)
+    # a model that itself produces NaN (a diverged training) returns it: the trainer reports it
+    with torch.no_grad():
+        next(model.encoder.parameters()).fill_(float("nan"))
+    assert torch.isnan(model.encode(torch.ones(2, 4))).all()

@@ -28,10 +28,13 @@ from mflows.errors import InvalidArgumentError
 from mflows.files import atomic_torch_save
 from mflows.validation import as_tensor, check_context, check_num_samples
 
-__all__ = ["DEFAULT_BATCH_CHUNK_SIZE", "FORMAT_NAME", "FORMAT_VERSION", "Model"]
+__all__ = ["DEFAULT_BATCH_CHUNK_SIZE", "EXTREME_INPUT", "FORMAT_NAME", "FORMAT_VERSION", "Model"]
 
 FORMAT_NAME = "mflows-model"
 FORMAT_VERSION = 1
+
+#: inputs above this magnitude that make a model's output non-finite are refused (not NaN).
+EXTREME_INPUT = 1e6
 
 #: default :attr:`Model.batch_chunk_size`: a few tens of MB of intermediates for tabular data.
 DEFAULT_BATCH_CHUNK_SIZE = 4096
@@ -108,21 +111,32 @@ class Model(nn.Module):
     def _unflatten(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], *self.data_shape)
 
-    def _checked(self, method: str, out: Tensor, log_density: bool = False) -> Tensor:
-        """Refuses NaN (and +-inf, or +inf for log densities) outputs of a model whose
-        parameters are finite: the inputs are then outside what the model can evaluate in its
-        dtype. A model with non-finite parameters (a diverged training) returns them as they are,
-        so that the trainer can report the divergence."""
+    def _checked(
+        self, method: str, out: Tensor, inputs: Tensor | None, log_density: bool = False
+    ) -> Tensor:
+        """Refuses non-finite outputs caused by inputs of extreme magnitude.
+
+        Where ``out`` is NaN or infinite (a log density may be -inf: a density that underflows)
+        and the samples concerned have an input entry above :data:`EXTREME_INPUT` in absolute
+        value, the inputs are outside what the model can evaluate in its dtype: raise. Other
+        non-finite outputs come from the model itself (e.g. a diverged training) and are
+        returned as they are, so that the trainer can report the divergence.
+        """
         finite = torch.isfinite(out)
         if log_density:
-            finite = finite | (out == -torch.inf)  # a density that underflows is 0, not an error
-        if bool(finite.all()) or not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
+            finite = finite | (out == -torch.inf)
+        if inputs is None or out.dim() == 0 or bool(finite.all()):
             return out
-        bad = int((~finite).reshape(out.shape[0], -1).any(-1).sum()) if out.dim() else 1
+        bad_rows = ~finite.reshape(out.shape[0], -1).all(-1)
+        magnitude = inputs.reshape(inputs.shape[0], -1).abs().amax(-1)
+        extreme = bad_rows & (magnitude > EXTREME_INPUT)
+        if not bool(extreme.any()):
+            return out
         raise InvalidArgumentError(
-            f"{method} gave non-finite values for {bad} of {out.shape[0] if out.dim() else 1} "
-            f"samples: their values are outside the range this {self.dtype} model can evaluate "
-            "(extreme magnitudes); rescale the data or use float64"
+            f"{method} cannot evaluate {int(extreme.sum())} of {out.shape[0]} samples: their "
+            f"entries (up to |{float(magnitude[extreme].max()):.3g}|) are far outside the range "
+            f"of standardised data and overflow this {str(self.dtype).replace('torch.', '')} "
+            "model; rescale the data"
         )
 
     def _chunked(
@@ -155,7 +169,7 @@ class Model(nn.Module):
         """
         x = self._check_x(x)
         u = self._chunked(self._encode, x, self._check_context(context, x.shape[0]))
-        return self._checked("encode", u)
+        return self._checked("encode", u, x)
 
     def decode(self, u: Any, context: Any = None) -> Tensor:
         """Points on the manifold x = g(u).
@@ -169,13 +183,14 @@ class Model(nn.Module):
         """
         u = self._check_u(u)
         context = self._check_context(context, u.shape[0])
-        return self._unflatten(self._checked("decode", self._chunked(self._decode, u, context)))
+        return self._unflatten(self._checked("decode", self._chunked(self._decode, u, context), u))
 
     def project(self, x: Any, context: Any = None) -> Tensor:
         """Projection onto the manifold x' = g(g^-1(x)); ``(B, *data_dim) -> (B, *data_dim)``."""
         x = self._check_x(x)
         context = self._check_context(context, x.shape[0])
-        return self._unflatten(self._checked("project", self._chunked(self._project, x, context)))
+        x_proj = self._chunked(self._project, x, context)
+        return self._unflatten(self._checked("project", x_proj, x))
 
     def log_prob(self, x: Any, context: Any = None) -> Tensor:
         """Exact log density of x (manifold models: of its projection onto the manifold).
@@ -189,7 +204,7 @@ class Model(nn.Module):
         """
         x = self._check_x(x)
         logp = self._chunked(self._log_prob, x, self._check_context(context, x.shape[0]))
-        return self._checked("log_prob", logp, log_density=True)
+        return self._checked("log_prob", logp, x, log_density=True)
 
     def latent_log_prob(self, u: Any, context: Any = None) -> Tensor:
         """log p_u(u) = log N(h^-1(u)) + log |det J_h^-1(u)| through the inner flow h.
@@ -204,7 +219,7 @@ class Model(nn.Module):
         u = self._check_u(u)
         context = self._check_context(context, u.shape[0])
         logp = self._chunked(self._latent_log_prob, u, context)
-        return self._checked("latent_log_prob", logp, log_density=True)
+        return self._checked("latent_log_prob", logp, u, log_density=True)
 
     def sample(
         self, num: int, context: Any = None, *, generator: torch.Generator | None = None
@@ -223,7 +238,9 @@ class Model(nn.Module):
         num = check_num_samples(num)
         context = self._check_context(context, num, allow_single=True)
         u = self._sample_latent(num, context, generator)
-        return self._unflatten(self._checked("sample", self._chunked(self._decode, u, context)))
+        return self._unflatten(
+            self._checked("sample", self._chunked(self._decode, u, context), context)
+        )
 
     def manifold_parameters(self) -> list[nn.Parameter]:
         """Parameters of the manifold (outer flow f, encoders, decoders)."""

@@ -82,4 +82,4 @@ class PIE(ManifoldFlowBase):
         logp = self._chunked(
             lambda xi, ci: self._manifold_log_prob(self._encode(xi, ci), ci), x, context
         )
-        return self._checked("log_prob_manifold", logp, log_density=True)
+        return self._checked("log_prob_manifold", logp, x, log_density=True)
