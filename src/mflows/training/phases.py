@@ -198,11 +198,12 @@ class Schedule:
 
 
 def check_algorithm(
-    algorithm: str, kind: str, *, scandal: bool = False, conditional_outer: bool = False
+    algorithm: str, kind: str, *, scandal: bool = False, theta_enters_manifold: bool = False
 ) -> None:
     """Raises ``ValueError`` if ``algorithm`` is unknown or does not fit the model ``kind``.
 
-    ``conditional_outer``: whether theta enters the model's manifold (outer flow or encoder).
+    ``theta_enters_manifold``: whether theta moves the model's manifold (a conditional outer
+    flow or encoder, ``conditional_outer=True``).
     SCANDAL in a density phase then needs the score of the full density, which that phase does
     not compute (docs/notes-scandal.md), so the combination is refused.
     """
@@ -222,7 +223,7 @@ def check_algorithm(
             "scandal=True needs a likelihood term; algorithm 'ot' has none "
             "(use 'ot-alternating' or 'likelihood')"
         )
-    if scandal and conditional_outer and algorithm != "likelihood":
+    if scandal and theta_enters_manifold and algorithm != "likelihood":
         from mflows.errors import InvalidArgumentError
 
         raise InvalidArgumentError(
@@ -265,8 +266,8 @@ def schedule_for(
         ValueError: unknown algorithm, or an algorithm that does not fit the model kind.
     """
     kind = getattr(model, "kind", None)
-    conditional_outer = bool(getattr(model, "conditional_outer", False))
-    check_algorithm(algorithm, kind, scandal=scandal, conditional_outer=conditional_outer)
+    moves = getattr(model, "theta_enters_manifold", getattr(model, "conditional_outer", False))
+    check_algorithm(algorithm, kind, scandal=scandal, theta_enters_manifold=bool(moves))
     score = {"score": float(scandal_weight)} if scandal else {}
     sequential = algorithm in ("sequential", "pae")
     if isinstance(epochs, (tuple, list)):
