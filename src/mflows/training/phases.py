@@ -197,8 +197,16 @@ class Schedule:
         }
 
 
-def check_algorithm(algorithm: str, kind: str, *, scandal: bool = False) -> None:
-    """Raises ``ValueError`` if ``algorithm`` is unknown or does not fit the model ``kind``."""
+def check_algorithm(
+    algorithm: str, kind: str, *, scandal: bool = False, theta_enters_manifold: bool = False
+) -> None:
+    """Raises ``ValueError`` if ``algorithm`` is unknown or does not fit the model ``kind``.
+
+    ``theta_enters_manifold``: whether theta moves the model's manifold (a conditional outer
+    flow or encoder, ``conditional_outer=True``).
+    SCANDAL in a density phase then needs the score of the full density, which that phase does
+    not compute (docs/notes-scandal.md), so the combination is refused.
+    """
     if algorithm not in ALGORITHMS:
         raise ValueError(
             f"unknown algorithm {algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}"
@@ -214,6 +222,16 @@ def check_algorithm(algorithm: str, kind: str, *, scandal: bool = False) -> None
         raise ValueError(
             "scandal=True needs a likelihood term; algorithm 'ot' has none "
             "(use 'ot-alternating' or 'likelihood')"
+        )
+    if scandal and theta_enters_manifold and algorithm != "likelihood":
+        from mflows.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            f"scandal=True with algorithm {algorithm!r} needs a manifold that does not depend on "
+            "theta: its density phase trains d/dtheta log p_u(u | theta) at fixed u = "
+            "g^-1(x), which equals the score d/dtheta log p(x | theta) only when theta does not "
+            "enter the manifold; this model has conditional_outer=True (build it with "
+            "conditional_outer=False, or train it with algorithm 'likelihood')"
         )
 
 
@@ -248,7 +266,8 @@ def schedule_for(
         ValueError: unknown algorithm, or an algorithm that does not fit the model kind.
     """
     kind = getattr(model, "kind", None)
-    check_algorithm(algorithm, kind, scandal=scandal)
+    moves = getattr(model, "theta_enters_manifold", getattr(model, "conditional_outer", False))
+    check_algorithm(algorithm, kind, scandal=scandal, theta_enters_manifold=bool(moves))
     score = {"score": float(scandal_weight)} if scandal else {}
     sequential = algorithm in ("sequential", "pae")
     if isinstance(epochs, (tuple, list)):

@@ -124,10 +124,15 @@ def rational_quadratic_spline(
         b = h_k * d_k - dy * dsum
         c = -s_k * dy
         disc = (b.square() - 4.0 * a * c).clamp_min(0.0)
-        xi = (2.0 * c / (-b - disc.sqrt())).clamp(0.0, 1.0)
-        out = xi * w_k + x_k
+        xi_raw = 2.0 * c / (-b - disc.sqrt())
     else:
-        xi = ((xc - x_k) / w_k).clamp(0.0, 1.0)
+        xi_raw = (xc - x_k) / w_k
+    # Round-off can put xi a few ulp outside [0, 1] at the bounds (e.g. 1 + 4e-15 at x = B).
+    # Clamp the value but keep the derivative of the unclamped xi: a plain clamp would zero
+    # the derivative there and make the Jacobian (and the M-flow density) wrong at +-B.
+    xi = xi_raw.clamp(0.0, 1.0).detach() + (xi_raw - xi_raw.detach())
+    if inverse:
+        out = xi * w_k + x_k
     xi1 = xi * (1.0 - xi)
     denom = s_k + dsum * xi1
     deriv = s_k.square() * (d_k1 * xi.square() + 2.0 * s_k * xi1 + d_k * (1.0 - xi).square())
