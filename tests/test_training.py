@@ -298,8 +298,9 @@ def test_early_stopping_restores_a_deep_copy_of_the_best_weights(power):
 
 
 def test_alternating_early_stopping_follows_the_reconstruction_error(power):
-    # latent NLLs of different manifolds are not comparable (SPEC §2): the alternating scheme
-    # keeps the epoch with the best validation MSE, whatever the latent NLL does.
+    # latent NLLs of different manifolds are not comparable (each is measured in the coordinates
+    # of its own chart): the alternating scheme keeps the epoch with the best validation MSE,
+    # whatever the latent NLL does.
     schedule = schedule_for("alternating", tiny("mflow"), epochs=3)
     assert schedule.stages[0].monitor == ("mse",)
     model = tiny("mflow")
@@ -418,19 +419,20 @@ def test_schedules_are_data():
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    from pathlib import Path
+
     from mflows.training import checkpoint
 
-    checkpoint.save_checkpoint({"format": checkpoint.CHECKPOINT_FORMAT, "a": 1}, tmp_path / "c.pt")
+    header = {"format": checkpoint.CHECKPOINT_FORMAT, "version": checkpoint.CHECKPOINT_VERSION}
+    checkpoint.save_checkpoint({**header, "a": 1}, tmp_path / "c.pt")
 
-    def broken_save(obj, handle):
-        handle.write(b"partial")
+    def broken_save(obj, path):
+        Path(path).write_bytes(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.save_checkpoint(
-            {"format": checkpoint.CHECKPOINT_FORMAT, "a": 2}, tmp_path / "c.pt"
-        )
+        checkpoint.save_checkpoint({**header, "a": 2}, tmp_path / "c.pt")
     monkeypatch.undo()
     assert checkpoint.load_checkpoint(tmp_path / "c.pt")["a"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]

@@ -4,7 +4,8 @@ A :class:`Phase` says which parameters train (``"manifold"``, ``"density"`` or `
 weighted losses. A :class:`Stage` runs one or more phases for a number of epochs: with one phase
 it is plain training; with several it alternates between them every batch or every epoch. A
 :class:`Schedule` is the sequence of stages. The one :class:`~mflows.training.trainer.Trainer`
-runs any schedule; :func:`schedule_for` builds the schedule of each algorithm of SPEC §5:
+runs any schedule; :func:`schedule_for` builds the schedule of each training algorithm (see
+"Training schemes" in docs/theory.md):
 
 =================  ==============================================================
 ``likelihood``     one stage, all parameters, ``nll`` (+ ``mse`` for M-flows)
@@ -35,8 +36,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mflows.training import defaults
+
 __all__ = [
     "ALGORITHMS",
+    "ALTERNATIONS",
     "LOSS_NAMES",
     "Phase",
     "Schedule",
@@ -56,6 +60,8 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {
 }
 
 LOSS_NAMES = ("nll", "mse", "latent_nll", "sinkhorn", "score")
+#: How the phases of a stage alternate: every batch or every epoch.
+ALTERNATIONS = ("batch", "epoch")
 PARAMETER_GROUPS = ("manifold", "density", "all")
 
 
@@ -117,7 +123,7 @@ class Stage:
             raise ValueError("a Stage needs at least one phase")
         if int(self.epochs) < 1:
             raise ValueError(f"a Stage needs epochs >= 1, got {self.epochs}")
-        if self.alternate not in ("batch", "epoch"):
+        if self.alternate not in ALTERNATIONS:
             raise ValueError(f"alternate must be 'batch' or 'epoch', got {self.alternate!r}")
         if self.monitor is not None:
             object.__setattr__(self, "monitor", tuple(self.monitor))
@@ -221,14 +227,16 @@ def schedule_for(
     algorithm: str,
     model: Any,
     *,
-    epochs: int | tuple[int, int] = 50,
-    reconstruction_weight: float = 1.0,
+    epochs: int | tuple[int, int] = defaults.EPOCHS,
+    reconstruction_weight: float = defaults.RECONSTRUCTION_WEIGHT,
     scandal: bool = False,
-    scandal_weight: float = 1.0,
-    alternate: str = "batch",
+    scandal_weight: float = defaults.SCANDAL_WEIGHT,
+    alternate: str = defaults.ALTERNATE,
     lr: float | None = None,
 ) -> Schedule:
     """The schedule of ``algorithm`` for ``model`` (see the module docstring).
+
+    The defaults are those of :func:`mflows.training.fit` (:mod:`mflows.training.defaults`).
 
     Args:
         algorithm: one of :data:`ALGORITHMS`.
@@ -275,8 +283,9 @@ def schedule_for(
     elif sequential:
         stages = (Stage((manifold,), split[0]), Stage((density,), split[1]))
     elif algorithm == "alternating":
-        # The latent NLL is measured in coordinates that move with the manifold, so it is not
-        # comparable between epochs (SPEC §2): early stopping follows the reconstruction error.
+        # The latent NLL is measured in coordinates that move with the manifold (the density
+        # lives on a chart that changes as the manifold trains), so it is not comparable between
+        # epochs: early stopping follows the reconstruction error.
         stages = (Stage((manifold, density), total, alternate, monitor=("mse",)),)
     elif algorithm == "ot":
         stages = (Stage((Phase("ot", "all", {"sinkhorn": 1.0}, lr),), total),)
