@@ -75,16 +75,23 @@ def _differences(old: Any, new: Any, prefix: str) -> list[str]:
     if old == new:
         return []
     if isinstance(old, (dict, list)) or isinstance(new, (dict, list)):
-        return [f"{prefix}"]
+        if len(repr(old)) + len(repr(new)) > 120:
+            return [f"{prefix}"]
     return [f"{prefix}: {old!r} in the checkpoint, {new!r} now"]
 
 
 def describe_difference(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> list[str]:
     """Human-readable differences between two fingerprints (empty when they match)."""
     out = []
-    for item in _differences(old, new, ""):
+    items = _differences(old, new, "")
+    for item in items:
         if ".sha256:" in item:  # hashes say nothing to a reader
-            item = item.split(".sha256:")[0] + " (same shape, different values)"
+            tensor = item.split(".sha256:")[0]
+            if any(
+                i.startswith(f"{tensor}.shape") or i.startswith(f"{tensor}.dtype") for i in items
+            ):
+                continue
+            item = tensor + " (same shape, different values)"
         elif ".parameter_shapes:" in item:
             item = item.split(":")[0] + " (different parameter shapes)"
         out.append(item)
