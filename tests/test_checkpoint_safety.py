@@ -79,18 +79,30 @@ def test_a_crafted_checkpoint_runs_no_code(power, tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
 def test_a_corrupt_checkpoint_says_what_to_do(power, tmp_path, damage):
     fit(tiny(), power.x, checkpoint_dir=tmp_path, **KW)
     path = tmp_path / "checkpoint.pt"
-    data = path.read_bytes()
-    path.write_bytes(
-        {"truncate": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage]
-    )
+    data = bytearray(path.read_bytes())
+    if damage == "flip":  # a bit flip in the zip directory at the end of the file
+        data[-30] ^= 0xFF
+    path.write_bytes({"truncate": data[: len(data) // 2], "flip": data, "empty": b""}[damage])
     with pytest.raises(CheckpointError, match=r"corrupt.*delete") as info:
         fit(tiny(), power.x, checkpoint_dir=tmp_path, resume=True, **KW)
     assert str(path) in str(info.value)
     assert isinstance(info.value, MflowsError)
+
+
+def test_random_bytes_are_reported_as_corrupt(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    path = tmp_path / "checkpoint.pt"
+    for i in range(200):  # random garbage trips many different errors inside torch.load
+        blob = bytes(rng.getrandbits(8) for _ in range(rng.choice([1, 7, 64, 600])))
+        path.write_bytes(b"\x80\x02" + blob if i % 2 else blob)
+        with pytest.raises(CheckpointError, match=r"truncated or corrupt.*delete"):
+            load_checkpoint(path)
 
 
 def test_old_or_foreign_checkpoints_are_refused(tmp_path):

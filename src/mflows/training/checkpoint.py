@@ -12,7 +12,6 @@ What the trainer stores is described by :class:`~mflows.training.state.TrainStat
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,24 @@ def _advice(path: Path) -> str:
     return f"delete {path} (or its directory) to start over, or train with resume=False"
 
 
+def _load_failure(path: Path, error: Exception) -> str:
+    """The message for a checkpoint ``torch.load`` could not read with ``weights_only=True``."""
+    text = str(error)
+    if isinstance(error, OSError):
+        return f"{path} cannot be read ({error})"
+    refused = [line.strip() for line in text.splitlines() if "GLOBAL" in line]
+    if isinstance(error, pickle.UnpicklingError) and refused:
+        return (
+            f"{path} holds more than plain data and tensors, so it was not written by mflows "
+            f"and was not loaded ({refused[0]}); {_advice(path)}"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = lines[-1] if isinstance(error, pickle.UnpicklingError) and lines else text.strip()
+    return (
+        f"{path} is truncated or corrupt ({type(error).__name__}: {detail[:200]}); {_advice(path)}"
+    )
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Reads a checkpoint written by :func:`save_checkpoint` (a file or a run directory).
 
@@ -69,17 +86,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"{path} holds more than plain data and tensors, so it was not written by mflows "
-            f"and was not loaded ({first}); {_advice(path)}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        raise CheckpointError(
-            f"{path} is truncated or corrupt ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); {_advice(path)}"
-        ) from None
+    except Exception as error:  # any failure to read it means the file is unusable
+        raise CheckpointError(_load_failure(path, error)) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an mflows training checkpoint; {_advice(path)}")
     if state.get("version") != CHECKPOINT_VERSION:
