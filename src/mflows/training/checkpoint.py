@@ -54,8 +54,8 @@ def _advice(path: Path) -> str:
 def _load_failure(path: Path, error: Exception) -> str:
     """The message for a checkpoint ``torch.load`` could not read with ``weights_only=True``."""
     text = str(error)
-    if isinstance(error, OSError):
-        return f"{path} cannot be read ({error})"
+    if isinstance(error, (PermissionError, IsADirectoryError)):
+        return f"{path} cannot be read ({error}); check its permissions, or {_advice(path)}"
     refused = [line.strip() for line in text.splitlines() if "GLOBAL" in line]
     if isinstance(error, pickle.UnpicklingError) and refused:
         return (
