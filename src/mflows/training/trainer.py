@@ -314,6 +314,8 @@ class Trainer:
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.sinkhorn_options = dict(sinkhorn_options or {})
         self.callback = callback
+        self._epoch_info = (0, 0)  # (global epoch, batches) of the epoch running, for errors
+        self._saved_epochs = 0  # epochs recorded in the last checkpoint written or resumed
         for stage in schedule.stages:  # fail early on phases without parameters
             for phase in stage.phases:
                 _phase_parameters(model, phase)
@@ -372,6 +374,7 @@ class Trainer:
                 + "); use another checkpoint directory, delete this one, or pass resume=False"
             )
         self.model.load_state_dict(state.model_state)
+        self._saved_epochs = len(state.history.records)
         return state
 
     def _save(self, state: TrainState) -> None:
@@ -381,12 +384,15 @@ class Trainer:
         state.model_state = self.model.state_dict()
         state.rng = torch.get_rng_state()
         save_checkpoint(state.to_checkpoint(), self.checkpoint_path)
+        self._saved_epochs = len(state.history.records)
 
     def _last_good_message(self) -> str:
         path = self.checkpoint_path
-        if path is not None and path.exists():
-            return f"; the last good checkpoint is {path}"
-        return "; no checkpoint was written (pass checkpoint_dir to keep one)"
+        if path is None or not path.exists():
+            return "; no checkpoint was written (pass checkpoint_dir to keep one)"
+        when = self._saved_epochs
+        after = f"after epoch {when}" if when else "written before the first epoch"
+        return f"; the last good checkpoint is {path} ({after})"
 
     # ------------------------------------------------------------------------------ run
     def fit(self, train: Batch, val: Batch | None = None, *, resume: bool = False) -> History:
@@ -446,11 +452,12 @@ class Trainer:
         try:
             for e in range(state.epoch, stage.epochs):
                 epoch = self._global_epoch(s, e)
+                tic = time.perf_counter()
                 record = self._run_epoch(stage, s, e, optimizers, schedulers, train)
                 if val is not None:
                     record.update(self._validate(stage, val))
                 record["lr"] = optimizers[0].param_groups[0]["lr"]
-                record["time"] = time.perf_counter() - record.pop("_tic")
+                record["time"] = time.perf_counter() - tic
                 state.history.records.append(record)
                 state.history.wall_time += record["time"]
                 stop = False
@@ -497,7 +504,6 @@ class Trainer:
         train: Batch,
     ) -> dict[str, Any]:
         """One epoch of training steps; returns its record (without validation)."""
-        tic = time.perf_counter()
         epoch = self._global_epoch(s, e)
         torch.manual_seed(_epoch_seed(self.seed, epoch, D.rank()))
         order_gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
@@ -523,7 +529,6 @@ class Trainer:
         }
         record.update(log.means())
         record["val_loss"] = math.nan
-        record["_tic"] = tic
         return record
 
     def _step(
