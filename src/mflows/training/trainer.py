@@ -200,7 +200,8 @@ def _make_optimizer(name: str, params: list[nn.Parameter], lr: float, weight_dec
     try:
         return cls(params, lr=lr, weight_decay=weight_decay, fused=True), True
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
-        return cls(params, lr=lr, weight_decay=weight_decay, foreach=True), False
+        foreach = True if params[0].device.type in ("cpu", "cuda") else None
+        return cls(params, lr=lr, weight_decay=weight_decay, foreach=foreach), False
 
 
 class _EpochLog:
