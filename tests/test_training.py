@@ -491,6 +491,9 @@ def test_fit_trainer_and_schedule_for_share_their_defaults():
         ({"optimizer": "sgd"}, "optimizer must be one of"),
         ({"alternate": "step"}, "alternate must be one of"),
         ({"scandal_weight": -2.0}, "scandal_weight >= 0"),
+        ({"epochs": (1, 1)}, "only meaningful for 'sequential' and 'pae'"),
+        ({"epochs": (1, 0)}, r"epochs\[1\] >= 1"),
+        ({"epochs": (1, 2, 3)}, "a pair"),
     ],
 )
 def test_fit_refuses_options_out_of_range(power, option, match):

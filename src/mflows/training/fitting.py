@@ -119,7 +119,9 @@ def fit(
         seed: seed of the validation split, data order and training randomness.
         progress: show a progress bar.
         checkpoint_dir: write ``checkpoint.pt`` and ``history.csv`` there every epoch.
-        resume: continue the run saved in ``checkpoint_dir`` (bit-identical to not stopping).
+        resume: continue the run saved in ``checkpoint_dir`` (bit-identical to not stopping);
+            refused when the checkpoint was written for other data (shape and a hash of a
+            sample of rows), another model configuration, schedule or options.
         log_dir: write ``history.csv`` (and TensorBoard events, when installed) there.
         device: train on this device (default: the model's; ``cuda:LOCAL_RANK`` under torchrun
             with NCCL).

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mflows.errors import InvalidArgumentError
 from mflows.training import defaults
 
 __all__ = [
@@ -84,18 +85,20 @@ class Phase:
 
     def __post_init__(self) -> None:
         if self.parameters not in PARAMETER_GROUPS:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Phase {self.name!r}: parameters must be one of {PARAMETER_GROUPS}, "
                 f"got {self.parameters!r}"
             )
         unknown = sorted(set(self.losses) - set(LOSS_NAMES))
         if unknown or not self.losses:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Phase {self.name!r}: losses must be a non-empty mapping with names in "
                 f"{LOSS_NAMES}, got {dict(self.losses)}"
             )
         if "score" in self.losses and not {"nll", "latent_nll"} & set(self.losses):
-            raise ValueError(f"Phase {self.name!r}: the score loss needs nll or latent_nll")
+            raise InvalidArgumentError(
+                f"Phase {self.name!r}: the score loss needs nll or latent_nll"
+            )
         object.__setattr__(self, "losses", {k: float(v) for k, v in self.losses.items()})
 
 
@@ -120,16 +123,18 @@ class Stage:
     def __post_init__(self) -> None:
         object.__setattr__(self, "phases", tuple(self.phases))
         if not self.phases:
-            raise ValueError("a Stage needs at least one phase")
+            raise InvalidArgumentError("a Stage needs at least one phase")
         if int(self.epochs) < 1:
-            raise ValueError(f"a Stage needs epochs >= 1, got {self.epochs}")
+            raise InvalidArgumentError(f"a Stage needs epochs >= 1, got {self.epochs}")
         if self.alternate not in ALTERNATIONS:
-            raise ValueError(f"alternate must be 'batch' or 'epoch', got {self.alternate!r}")
+            raise InvalidArgumentError(
+                f"alternate must be 'batch' or 'epoch', got {self.alternate!r}"
+            )
         if self.monitor is not None:
             object.__setattr__(self, "monitor", tuple(self.monitor))
             losses = set(self.weights)
             if not self.monitor or not set(self.monitor) <= losses:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"monitor must name losses of the stage ({', '.join(sorted(losses))}), "
                     f"got {self.monitor!r}"
                 )
@@ -172,7 +177,7 @@ class Schedule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
         if not self.stages:
-            raise ValueError("a Schedule needs at least one stage")
+            raise InvalidArgumentError("a Schedule needs at least one stage")
 
     @property
     def epochs(self) -> int:
@@ -253,7 +258,8 @@ def schedule_for(
         The schedule.
 
     Raises:
-        ValueError: unknown algorithm, or an algorithm that does not fit the model kind.
+        ValueError: unknown algorithm, or an algorithm that does not fit the model kind;
+            (:class:`~mflows.errors.InvalidArgumentError`) epochs that do not fit the scheme.
     """
     kind = getattr(model, "kind", None)
     check_algorithm(algorithm, kind, scandal=scandal)
@@ -261,7 +267,7 @@ def schedule_for(
     sequential = algorithm in ("sequential", "pae")
     if isinstance(epochs, (tuple, list)):
         if not sequential or len(epochs) != 2:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "epochs as a pair (manifold_epochs, density_epochs) is only meaningful for "
                 f"'sequential' and 'pae', got {epochs!r} for {algorithm!r}"
             )
@@ -271,7 +277,7 @@ def schedule_for(
         total = int(epochs)
         split = ((total + 1) // 2, total // 2)
     if total < 1 or (sequential and min(split) < 1):
-        raise ValueError(f"expected enough epochs for {algorithm!r}, got {epochs!r}")
+        raise InvalidArgumentError(f"expected enough epochs for {algorithm!r}, got {epochs!r}")
 
     manifold = Phase("manifold", "manifold", {"mse": 1.0}, lr)
     density = Phase("density", "density", {"latent_nll": 1.0, **score}, lr)

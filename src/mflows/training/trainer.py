@@ -41,7 +41,12 @@ import torch
 from torch import Tensor, nn
 
 from mflows import losses as L
-from mflows.errors import CheckpointError, ResumeMismatchError, TrainingDivergedError
+from mflows.errors import (
+    CheckpointError,
+    InvalidArgumentError,
+    ResumeMismatchError,
+    TrainingDivergedError,
+)
 from mflows.training import defaults
 from mflows.training import distributed as D
 from mflows.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -126,7 +131,7 @@ def _phase_parameters(model: nn.Module, phase: Phase) -> list[nn.Parameter]:
                 params.append(p)
     params = [p for p in params if p.requires_grad]
     if not params:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"phase {phase.name!r} trains the {phase.parameters} parameters, but this "
             f"{getattr(model, 'kind', type(model).__name__)} model has none"
         )
@@ -157,7 +162,7 @@ def _phase_parameters(model: nn.Module, phase: Phase) -> list[nn.Parameter]:
                 params.append(p)
     params = [p for p in params if p.requires_grad]
     if not params:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"phase {phase.name!r} trains the {phase.parameters} parameters, but this "
             f"{getattr(model, 'kind', type(model).__name__)} model has none"
         )
