@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mflows import registry
 from mflows.errors import InvalidArgumentError
 from mflows.training import defaults
 
@@ -50,15 +51,9 @@ __all__ = [
     "schedule_for",
 ]
 
-#: Algorithms understood by :func:`schedule_for`, with the model kinds each one fits.
-ALGORITHMS: dict[str, tuple[str, ...]] = {
-    "likelihood": ("af", "pie", "fom", "mflow", "emflow"),
-    "sequential": ("mflow", "emflow", "pae"),
-    "alternating": ("mflow", "emflow", "pae"),
-    "pae": ("pae",),
-    "ot": ("af", "pie", "fom", "mflow", "emflow", "pae"),
-    "ot-alternating": ("mflow", "emflow", "pae"),
-}
+#: Algorithms understood by :func:`schedule_for`, with the model kinds each one fits (the
+#: registry's table).
+ALGORITHMS: dict[str, tuple[str, ...]] = registry.COMPATIBLE
 
 LOSS_NAMES = ("nll", "mse", "latent_nll", "sinkhorn", "score")
 #: How the phases of a stage alternate: every batch or every epoch.
@@ -211,32 +206,20 @@ class Schedule:
 def check_algorithm(
     algorithm: str, kind: str, *, scandal: bool = False, theta_enters_manifold: bool = False
 ) -> None:
-    """Raises ``ValueError`` if ``algorithm`` is unknown or does not fit the model ``kind``.
+    """Raises ``InvalidArgumentError`` if ``algorithm`` is unknown or does not fit ``kind``.
 
     ``theta_enters_manifold``: whether theta moves the model's manifold (a conditional outer
     flow or encoder, ``conditional_outer=True``).
     SCANDAL in a density phase then needs the score of the full density, which that phase does
     not compute (docs/notes-scandal.md), so the combination is refused.
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(
-            f"unknown algorithm {algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}"
-        )
-    kinds = ALGORITHMS[algorithm]
-    if kind not in kinds:
-        fits = [a for a, ks in ALGORITHMS.items() if kind in ks]
-        raise ValueError(
-            f"algorithm {algorithm!r} does not fit a model of kind {kind!r} (it needs one of "
-            f"{', '.join(kinds)}); algorithms for {kind!r}: {', '.join(fits)}"
-        )
+    registry.check_algorithm(algorithm, kind)
     if scandal and algorithm == "ot":
-        raise ValueError(
+        raise InvalidArgumentError(
             "scandal=True needs a likelihood term; algorithm 'ot' has none "
             "(use 'ot-alternating' or 'likelihood')"
         )
     if scandal and theta_enters_manifold and algorithm != "likelihood":
-        from mflows.errors import InvalidArgumentError
-
         raise InvalidArgumentError(
             f"scandal=True with algorithm {algorithm!r} needs a manifold that does not depend on "
             "theta: its density phase trains d/dtheta log p_u(u | theta) at fixed u = "
@@ -302,7 +285,8 @@ def schedule_for(
     density = Phase("density", "density", {"latent_nll": 1.0, **score}, lr)
     if algorithm == "likelihood":
         losses = {"nll": 1.0, **score}
-        if kind in ("mflow", "emflow"):
+        caps = registry.capabilities(kind)
+        if caps.density_on_manifold and not caps.prescribed_manifold:  # a learned manifold
             losses["mse"] = float(reconstruction_weight)
         stages = (Stage((Phase("likelihood", "all", losses, lr),), total),)
     elif sequential:
