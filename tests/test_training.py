@@ -376,9 +376,7 @@ def test_bad_inputs_raise_before_training(power):
     _raises(r"x.shape\[-1\] == 3", af, x[:, :2])
     _raises("validation_split", af, x, validation_split=1.0)
     _raises("unconditional", af, x, torch.zeros(len(x), 1))
-    _raises(
-        "unknown training algorithm 'flow'.*likelihood.*sequential", mf, x, algorithm="flow"
-    )
+    _raises("unknown training algorithm 'flow'.*likelihood.*sequential", mf, x, algorithm="flow")
     _raises("does not fit a model of kind 'af'", af, x, algorithm="alternating")
     _raises("does not fit a model of kind 'pie'", tiny("pie"), x, algorithm="sequential")
     _raises("does not fit a model of kind 'mflow'", mf, x, algorithm="pae")
