@@ -223,8 +223,8 @@ def run(name: str, spec: dict[str, Any], args: argparse.Namespace) -> dict[str, 
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1))
     print(
-        f"{name}: init {init_rec:.4f} -> rec {final_rec:.4f}, samples {record['sample_distance']:.4f}"
-        f", {wall:.0f} s",
+        f"{name}: init {init_rec:.4f} -> rec {final_rec:.4f}, "
+        f"samples {record['sample_distance']:.4f}, {wall:.0f} s",
         flush=True,
     )
     return record

@@ -21,9 +21,10 @@ def curved(num: int, n: int, d: int, seed: int = 0, rot_seed: int = 100) -> np.n
     """A bent n-dim sheet in R^d (two-component mixture on it), randomly rotated, |x| <~ 3."""
     g = np.random.default_rng(seed)
     comp = g.integers(0, 2, num)
-    t = np.stack([np.full(n, -0.5), np.full(n, 0.6)])[comp] + 0.45 * g.standard_normal((num, n))
+    t = np.stack([np.full(n, -0.6), np.full(n, 0.7)])[comp] + 0.45 * g.standard_normal((num, n))
+    t = np.clip(t, -1.9, 1.9)
     s = t.sum(1)
-    bends = [0.5 * np.sin(1.2 * s), 0.25 * (t**2).sum(1) - 0.3, 0.4 * np.cos(t[:, 0]) * t[:, -1]]
+    bends = [0.8 * np.sin(1.3 * s), 0.35 * (t**2).sum(1) - 0.5, 0.6 * np.cos(t[:, 0]) * t[:, -1]]
     y = np.concatenate([t, np.stack(bends[: d - n], 1)], 1)
     return (1.5 * y @ _rotation(d, rot_seed).T).astype(np.float32)
 
@@ -162,29 +163,77 @@ def test_degenerate_alignment_uses_two_layers() -> None:
 def test_fit_runs_the_initialisation() -> None:
     x = flat(800, 2, 4)
     model = mflows.make_model("mflow", data_dim=4, latent_dim=2, seed=0)
-    mflows.fit(model, x, algorithm="alternating", epochs=1, lr=1e-12, weight_decay=0.0,
-               progress=False, validation_split=0.0)
+    mflows.fit(
+        model,
+        x,
+        algorithm="alternating",
+        epochs=1,
+        lr=1e-12,
+        weight_decay=0.0,
+        progress=False,
+        validation_split=0.0,
+    )
     with torch.no_grad():
         torch.testing.assert_close(model.project(x), pca_projection(x, 2), atol=1e-3, rtol=0)
     off = mflows.make_model("mflow", data_dim=4, latent_dim=2, seed=0)
-    mflows.fit(off, x, algorithm="alternating", epochs=1, lr=1e-12, weight_decay=0.0,
-               progress=False, validation_split=0.0, data_init=False)
+    mflows.fit(
+        off,
+        x,
+        algorithm="alternating",
+        epochs=1,
+        lr=1e-12,
+        weight_decay=0.0,
+        progress=False,
+        validation_split=0.0,
+        data_init=False,
+    )
     lu = next(t for t in off.outer.transforms if isinstance(t, LULinear))
     assert lu.lower.abs().max() < 1e-9 and lu.bias.abs().max() < 1e-9  # untouched by an init
 
 
-def learn(n: int, d: int, epochs: int = 4, **options) -> tuple[float, float]:
-    """Trains a default M-flow (``options`` change it) on a rotated curved manifold.
+def placed_off_plane(num: int, n: int, d: int, plane: torch.Tensor, seed: int) -> np.ndarray:
+    """A curved sheet whose parameter directions are orthogonal to ``plane`` ``(d, n)``.
+
+    The sheet's n flat directions span a subspace orthogonal to the model's initial manifold
+    (a plane through 0), turned by a random rotation within that complement; its bends lie in
+    the remaining directions: the manifold is not aligned with the plane the model starts at.
+    """
+    q, _ = np.linalg.qr(np.concatenate([plane.double().numpy(), np.eye(d)], 1))
+    complement, inside = q[:, n : 2 * n], np.concatenate([q[:, :n], q[:, 2 * n :]], 1)
+    turn = _rotation(n, 7)
+    frame = np.concatenate([complement @ turn, inside @ _rotation(d - n, 8)], 1)
+    g = np.random.default_rng(seed)
+    comp = g.integers(0, 2, num)
+    t = np.stack([np.full(n, -0.6), np.full(n, 0.7)])[comp] + 0.45 * g.standard_normal((num, n))
+    t = np.clip(t, -1.9, 1.9)
+    s = t.sum(1)
+    bends = [0.4 * np.sin(1.3 * s), 0.2 * (t**2).sum(1) - 0.3, 0.3 * np.cos(t[:, 0]) * t[:, -1]]
+    y = np.concatenate([t, np.stack(bends[: d - n], 1)], 1)
+    return (1.5 * y @ frame.T).astype(np.float32)
+
+
+def learn(n: int, d: int, epochs: int = 3, **options) -> tuple[float, float]:
+    """Trains an M-flow (default options unless ``options`` change them) on a curved manifold
+    that is not aligned with the model's initial manifold.
 
     Returns the test reconstruction error and that of the best linear fit (PCA).
     """
     data_init = options.pop("data_init", True)
     torch.manual_seed(0)
-    x = curved(4000, n, d, seed=0, rot_seed=10 * d + n)
-    xt = torch.as_tensor(curved(500, n, d, seed=1, rot_seed=10 * d + n))
     model = mflows.make_model("mflow", data_dim=d, latent_dim=n, seed=0, **options)
-    mflows.fit(model, x, algorithm="alternating", epochs=epochs, batch_size=100, progress=False,
-               data_init=data_init)
+    with torch.no_grad():
+        plane = model.decode(torch.eye(n)) - model.decode(torch.zeros(1, n))
+    x = placed_off_plane(6000, n, d, plane.T, seed=0)
+    xt = torch.as_tensor(placed_off_plane(500, n, d, plane.T, seed=1))
+    mflows.fit(
+        model,
+        x,
+        algorithm="alternating",
+        epochs=epochs,
+        batch_size=100,
+        progress=False,
+        data_init=data_init,
+    )
     mean, directions, _ = principal_frame(torch.as_tensor(x), n)
     v = directions[:, :n].float()
     pca = (xt - (mean.float() + (xt - mean.float()) @ v @ v.T)).norm(dim=1).mean()
@@ -193,9 +242,12 @@ def learn(n: int, d: int, epochs: int = 4, **options) -> tuple[float, float]:
     return float(err), float(pca)
 
 
-@pytest.mark.parametrize(("n", "d"), [(2, 4), (1, 3), (3, 6)])
-def test_default_mflow_learns_a_rotated_curved_manifold(n: int, d: int) -> None:
+@pytest.mark.parametrize(
+    ("n", "d", "bound"),
+    # measured (1 thread): defaults 0.033, 0.003, 0.068; the old defaults (random
+    # permutations, no initialisation) 0.090, 0.040, 0.34; the best linear fit 0.34, 0.18, 0.47
+    [(2, 4, 0.06), (1, 3, 0.02), (3, 6, 0.15)],
+)
+def test_default_mflow_learns_a_rotated_curved_manifold(n: int, d: int, bound: float) -> None:
     err, pca = learn(n, d)
-    # the old defaults (random permutations, no initialisation) stay near 0.1 - 0.3 here
-    assert err < 0.04, (err, pca)
-    assert err < 0.25 * pca, (err, pca)
+    assert err < bound, (err, pca)

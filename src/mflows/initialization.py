@@ -124,7 +124,7 @@ def _signed_lu(w: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, float] | None
     result = _block_lu(w, n)
     if result is None:
         return None
-    order, lower, upper, min_pivot = result
+    _, lower, upper, min_pivot = result
     signs = torch.sign(torch.diagonal(upper))
     # flipping row k of (L U) is D L D (still unit lower) times D U.
     lower = signs[:, None] * lower * signs[None, :]

@@ -77,11 +77,16 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "fom": {**_FLOW, **_INNER, "chart": "sphere"},
     # the outer flow of the manifold models needs LU layers to rotate its manifold (and fit's
     # data-aware initialisation starts it at the PCA plane through the first of them).
-    "pie": {**_FLOW, **_OUTER, **_INNER, "conditional_outer": True, "pie_epsilon": 0.01,
-            "linear": "lu"},
+    "pie": {
+        **_FLOW,
+        **_OUTER,
+        **_INNER,
+        "conditional_outer": True,
+        "pie_epsilon": 0.01,
+        "linear": "lu",
+    },
     "mflow": {**_FLOW, **_OUTER, **_INNER, "conditional_outer": False, "linear": "lu"},
-    "emflow": {**_FLOW, **_OUTER, **_INNER, **_ENCODER, "conditional_outer": False,
-               "linear": "lu"},
+    "emflow": {**_FLOW, **_OUTER, **_INNER, **_ENCODER, "conditional_outer": False, "linear": "lu"},
     "pae": {**_FLOW, **_INNER, **_ENCODER, **_DECODER},
 }
 
