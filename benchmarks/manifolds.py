@@ -286,12 +286,40 @@ def specs(epochs: int) -> dict[str, dict[str, Any]]:
     return out
 
 
+def table() -> str:
+    """The markdown table of every result JSON (for docs/benchmarks.md)."""
+    rows = [
+        "| run | model | defaults | steps | wall | rec. error at init | rec. error "
+        "| sample distance | rec. error by step (every few epochs) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = list(specs(6))
+    for path in sorted(RESULTS.glob("*.json"), key=lambda p: order.index(p.stem)):
+        r = json.loads(path.read_text())
+        stride = max(1, len(r["curve"]) // 5)
+        curve = ", ".join(
+            f"{c['steps']}: {c['reconstruction']:.3g}" for c in r["curve"][stride - 1 :: stride]
+        )
+        data = r["data"] + (" (conditional)" if r.get("conditional") else "")
+        rows.append(
+            f"| {data} (n={r['latent_dim']}, d={r['data_dim']}) | {r['kind']} {r['algorithm']} "
+            f"| {r['defaults']} | {r['steps']} | {r['wall_s']:.0f} s "
+            f"| {r['reconstruction_init']:.3f} | **{r['reconstruction']:.4f}** "
+            f"| {r['sample_distance']:.4f} | {curve} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the short runs")
     parser.add_argument("--only", nargs="*", default=None, help="run only these names")
     parser.add_argument("--skip-done", action="store_true", help="skip runs with a JSON")
+    parser.add_argument("--table", action="store_true", help="print the results table only")
     args = parser.parse_args()
+    if args.table:
+        print(table())
+        return
     torch.set_num_threads(1)
     for name, spec in specs(args.epochs).items():
         if args.only and name not in args.only:
