@@ -294,7 +294,8 @@ def table() -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     order = list(specs(6))
-    for path in sorted(RESULTS.glob("*.json"), key=lambda p: order.index(p.stem)):
+    rank = {name: i for i, name in enumerate(order)}
+    for path in sorted(RESULTS.glob("*.json"), key=lambda p: (rank.get(p.stem, len(rank)), p.stem)):
         r = json.loads(path.read_text())
         stride = max(1, len(r["curve"]) // 5)
         curve = ", ".join(
