@@ -13,6 +13,8 @@ num_blocks                 2           residual blocks of the conditioners
 num_bins                   8           bins of the rational-quadratic splines
 tail_bound                 3.0         splines are linear outside [-B, B]; 1e-6 <= B <= 1e4
 linear                     permutation ``"permutation"``, ``"lu"`` or ``"none"`` between couplings
+                           (pie, mflow, (f and h)
+                           emflow: lu)
 coupling                   spline      ``"spline"`` or ``"affine"``
 conditional_outer          pie: True   context also enters f (and e for emflow); af always
                            else False
@@ -75,9 +77,18 @@ _DECODER = {"decoder_hidden_features": 100, "decoder_num_blocks": 5}
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "af": {**_FLOW, **_OUTER, "outer_layers": 10},
     "fom": {**_FLOW, **_INNER, "chart": "sphere"},
-    "pie": {**_FLOW, **_OUTER, **_INNER, "conditional_outer": True, "pie_epsilon": 0.01},
-    "mflow": {**_FLOW, **_OUTER, **_INNER, "conditional_outer": False},
-    "emflow": {**_FLOW, **_OUTER, **_INNER, **_ENCODER, "conditional_outer": False},
+    # the outer flow of the manifold models needs LU layers to rotate its manifold (and fit's
+    # data-aware initialisation starts it at the PCA plane through the first of them).
+    "pie": {
+        **_FLOW,
+        **_OUTER,
+        **_INNER,
+        "conditional_outer": True,
+        "pie_epsilon": 0.01,
+        "linear": "lu",
+    },
+    "mflow": {**_FLOW, **_OUTER, **_INNER, "conditional_outer": False, "linear": "lu"},
+    "emflow": {**_FLOW, **_OUTER, **_INNER, **_ENCODER, "conditional_outer": False, "linear": "lu"},
     "pae": {**_FLOW, **_INNER, **_ENCODER, **_DECODER},
 }
 

@@ -91,6 +91,7 @@ def fit(
     schedule: Schedule | None = None,
     sinkhorn_options: Mapping[str, Any] | None = None,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
+    data_init: bool = True,
 ) -> History:
     """Trains ``model`` on ``x`` with one of the training schemes (docs/theory.md,
     "Training schemes").
@@ -128,6 +129,9 @@ def fit(
         schedule: a custom :class:`~mflows.training.phases.Schedule` instead of ``algorithm``.
         sinkhorn_options: keyword arguments of :func:`mflows.losses.sinkhorn_divergence`.
         callback: ``callback(epoch, record)`` after every epoch.
+        data_init: start the manifold of a fresh M-flow / M_e-flow / PIE with LU layers at the
+            PCA plane of the training data (:func:`mflows.initialization.initialize_from_data`;
+            models already trained or without LU layers are left alone).
 
     Returns:
         The :class:`~mflows.training.trainer.History`; ``model`` is trained in place.
@@ -254,5 +258,9 @@ def fit(
         sinkhorn_options=sinkhorn_options,
         callback=callback,
     )
+    if data_init and not resume:
+        from mflows.initialization import initialize_from_data
+
+        initialize_from_data(model, x[train_idx], None if context is None else context[train_idx])
     val = take(val_idx) if n_val > 0 else None
     return trainer.fit(take(train_idx), val, resume=resume)
