@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
         data = mflows.data.get("power").load("train", n=128, seed=3)
         model = make_model(
             "mflow", 3, 2, outer_layers=2, inner_layers=2, hidden_features=16, num_blocks=1,
-            num_bins=4, tail_bound=6.0, seed=seed, linear="permutation",
+            num_bins=4, tail_bound=6.0, seed=seed,
         ).double()
         history = fit(
             model, data.x, algorithm="alternating", epochs=2, batch_size=batch_size, lr=3e-3,
