@@ -14,6 +14,7 @@ from torch import Tensor
 
 from mflows.nets import ResidualMLP
 from mflows.transforms.base import Transform
+from mflows.transforms.constants import constant
 
 __all__ = [
     "ElementwiseRQS",
@@ -27,6 +28,21 @@ __all__ = [
 def spline_param_count(num_bins: int) -> int:
     """Number of unnormalised parameters per element: K widths, K heights, K - 1 derivatives."""
     return 3 * num_bins - 1
+
+
+def _pair(index: Tensor) -> Tensor:
+    """``[0, 1]`` in the dtype and on the device of ``index`` (cached)."""
+    key = ("pair", index.device)
+    pair = _PAIRS.get(key)
+    if pair is None or torch.compiler.is_compiling():
+        with torch.inference_mode(False), torch.no_grad():
+            pair = torch.arange(2, device=index.device)
+        if not torch.compiler.is_compiling():
+            _PAIRS[key] = pair
+    return pair
+
+
+_PAIRS: dict[tuple[str, torch.device], Tensor] = {}
 
 
 def _check(num_bins: int, num_derivs: int, min_bin_width: float, min_bin_height: float) -> None:
@@ -55,9 +71,11 @@ def _spline_core(
     which dominates the cost at the small batch sizes of training.
     """
     num_bins = unnormalized_sizes.shape[-1]
+    like = unnormalized_sizes
     sizes = torch.softmax(unnormalized_sizes, dim=-1)
     if min_bin_width == min_bin_height:
-        sizes = min_bin_width + (1.0 - min_bin_width * num_bins) * sizes
+        low = constant(min_bin_width, like)
+        sizes = low + constant(1.0 - min_bin_width * num_bins, like) * sizes
     else:
         mins = sizes.new_tensor([[min_bin_width], [min_bin_height]])
         sizes = mins + (1.0 - mins * num_bins) * sizes
@@ -65,47 +83,51 @@ def _spline_core(
     knots = F.pad(F.pad(torch.cumsum(sizes[..., :-1], dim=-1), (1, 0)), (0, 1), value=1.0)
     # derivatives at the K + 1 knots, boundary ones exactly 1 (smooth join with the tails)
     shift = math.log(math.expm1(1.0 - min_derivative))
-    inner = F.softplus(unnormalized_derivatives + shift) + (min_derivative - 1.0)
-    derivs = F.pad(inner, (1, 1)) + 1.0
+    inner = F.softplus(unnormalized_derivatives + constant(shift, like))
+    inner = inner + constant(min_derivative - 1.0, like)
+    derivs = F.pad(inner, (1, 1)) + constant(1.0, like)
     table = torch.cat([knots, derivs.unsqueeze(-2)], dim=-2)  # (*, 3, K + 1)
 
     scale = 2.0 * bound
-    xu = x * (1.0 / scale) + 0.5
+    xu = torch.addcmul(constant(0.5, x), x, constant(1.0 / scale, x))
     xc = xu.clamp(0.0, 1.0)
     inside = xc == xu
-    # bin index = number of interior knots <= x, in {0, ..., K - 1}
+    # bin index = number of interior knots <= x, in {0, ..., K - 1}; gather bins k and k + 1
     knots_in = table[..., 1 if inverse else 0, 1:-1]
     idx = (xc.unsqueeze(-1) >= knots_in).sum(dim=-1, keepdim=True)
-    index = torch.cat([idx, idx + 1], dim=-1).unsqueeze(-2).expand(*table.shape[:-1], 2)
+    index = (idx + _pair(idx)).unsqueeze(-2).expand(*table.shape[:-1], 2)
     lo_hi = torch.gather(table, -1, index)  # (*, 3, 2)
     lo, hi = lo_hi[..., 0], lo_hi[..., 1]
     diff = hi - lo
     x_k, y_k, d_k = lo.unbind(-1)
     w_k, h_k, d_k1 = diff[..., 0], diff[..., 1], hi[..., 2]
     s_k = h_k / w_k
-    dsum = d_k + d_k1 - 2.0 * s_k
+    two = constant(2.0, s_k)
+    dsum = d_k + d_k1 - two * s_k
 
     if inverse:
         dy = xc - y_k
         a = h_k * (s_k - d_k) + dy * dsum
         b = h_k * d_k - dy * dsum
         c = -s_k * dy
-        disc = (b.square() - 4.0 * a * c).clamp_min(0.0)
+        disc = (b.square() - constant(4.0, a) * a * c).clamp_min(0.0)
         xi = (2.0 * c / (-b - disc.sqrt())).clamp(0.0, 1.0)
         out = xi * w_k + x_k
     else:
         xi = ((xc - x_k) / w_k).clamp(0.0, 1.0)
-    xi1 = xi * (1.0 - xi)
+    one_minus = constant(1.0, xi) - xi
+    xi1 = xi * one_minus
     denom = s_k + dsum * xi1
-    deriv = s_k.square() * (d_k1 * xi.square() + 2.0 * s_k * xi1 + d_k * (1.0 - xi).square())
-    logdet = torch.log((deriv / denom.square()).clamp_min(1e-30))
+    xi2 = xi * xi
+    deriv = (s_k * s_k) * (d_k1 * xi2 + two * s_k * xi1 + d_k * (one_minus * one_minus))
+    logdet = torch.log((deriv / (denom * denom)).clamp_min(1e-30))
     if inverse:
         logdet = -logdet
     else:
-        out = y_k + h_k * (s_k * xi.square() + d_k * xi1) / denom
+        out = y_k + h_k * (s_k * xi2 + d_k * xi1) / denom
 
-    y = torch.where(inside, out * scale - bound, x)
-    logabsdet = torch.where(inside, logdet, 0.0)
+    y = torch.where(inside, torch.addcmul(constant(-bound, out), out, constant(scale, out)), x)
+    logabsdet = logdet * inside
     return y, logabsdet
 
 
