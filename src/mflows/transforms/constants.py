@@ -5,7 +5,7 @@
 ``c`` on small CPU tensors, where per-op overhead dominates. :func:`constant` returns such a
 tensor, cached per value, dtype and device. It is created outside inference mode and without
 gradient, so autograd may save it; 0-dim tensors broadcast and take part in type promotion like
-Python scalars, so results are unchanged. While ``torch.compile`` traces, the plain float is
+Python scalars, so results are unchanged. While ``torch.compile`` traces, a fresh tensor is
 returned (the compiler folds constants itself and must not see cached real tensors).
 """
 
@@ -19,11 +19,11 @@ __all__ = ["constant"]
 _CACHE: dict[tuple[float | int, torch.dtype, torch.device], Tensor] = {}
 
 
-def constant(value: float | int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor | float:
+def constant(value: float | int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """0-dim tensor holding ``value`` with the dtype (default: ``like``'s) and device of ``like``."""
-    if torch.compiler.is_compiling():
-        return value
     dtype = like.dtype if dtype is None else dtype
+    if torch.compiler.is_compiling():
+        return torch.tensor(value, dtype=dtype, device=like.device)
     key = (value, dtype, like.device)
     tensor = _CACHE.get(key)
     if tensor is None:
