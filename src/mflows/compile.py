@@ -85,7 +85,7 @@ def _fallback(label: str, error: Exception) -> None:
 
 
 def compile_losses(losses: F, **options: Any) -> F:
-    """Compiles a loss function of ``(model, batch...)`` for training (see :func:`compile_function`).
+    """Compiles a training loss function of ``(model, batch...)`` (see :func:`compile_function`).
 
     The intended hook: ``fit(..., compile=True)`` wraps the trainer's loss computation once per
     run, ``losses = compile_losses(compute_losses)``, and keeps its finiteness checks (host

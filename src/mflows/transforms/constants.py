@@ -20,7 +20,7 @@ _CACHE: dict[tuple[float | int, torch.dtype, torch.device], Tensor] = {}
 
 
 def constant(value: float | int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """0-dim tensor holding ``value`` with the dtype (default: ``like``'s) and device of ``like``."""
+    """0-dim tensor holding ``value``, dtype (default: ``like``'s) and device of ``like``."""
     dtype = like.dtype if dtype is None else dtype
     if torch.compiler.is_compiling():
         return torch.tensor(value, dtype=dtype, device=like.device)
