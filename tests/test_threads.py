@@ -27,9 +27,9 @@ def _clean(monkeypatch):
 def test_small_model_gets_one_thread_and_large_work_more():
     model = make_model("mflow", 3, 2, context_dim=1, seed=0)
     assert threads.recommended_threads(model, 100) == 1
-    assert threads.recommended_threads(parameters=10**6, batch_size=100) == 1
-    assert threads.recommended_threads(parameters=10**6, batch_size=1000) == 4  # capped
-    assert threads.recommended_threads(parameters=3 * 10**6, batch_size=100) == 2
+    assert threads.recommended_threads(parameters=3 * 10**6, batch_size=100) == 1  # 40 -> 14
+    assert threads.recommended_threads(parameters=10**6, batch_size=1000) == 2
+    assert threads.recommended_threads(parameters=10**7, batch_size=1000) == 4  # capped
 
 
 def test_image_models_count_pixels():
@@ -38,7 +38,7 @@ def test_image_models_count_pixels():
 
         def __init__(self):
             super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(10_000))
+            self.w = torch.nn.Parameter(torch.zeros(40_000))
 
     assert threads.recommended_threads(Image(), 100) == 4
     assert threads.recommended_threads(parameters=10_000, batch_size=100) == 1

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: Multiply-adds per forward pass (parameters x batch) that justify one more thread.
-WORK_PER_THREAD = 200_000_000
+WORK_PER_THREAD = 1_000_000_000
 
 _ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _STARTUP = torch.get_num_threads()
