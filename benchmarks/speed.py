@@ -218,10 +218,12 @@ def main() -> None:
         "--thread-policy", action="store_true", help="thread counts, idle and busy (see above)"
     )
     parser.add_argument("--thread-repeats", type=int, default=3)
+    parser.add_argument("--thread-cases", default="alt power,alt 40->14")
     args = parser.parse_args()
     if args.thread_policy:
         steps = {"alt power": 30, "alt 40->14": 4}
-        print(thread_policy_benchmark(list(steps), steps, args.thread_repeats))
+        cases = [c.strip() for c in args.thread_cases.split(",") if c.strip()]
+        print(thread_policy_benchmark(cases, steps, args.thread_repeats))
         return
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
