@@ -1,6 +1,6 @@
 """Speed: exact log-likelihood throughput and training steps per second of M-flows.
 
-Two shapes, with the paper's architectures (SPEC §5):
+Two shapes, with the architectures of the paper (Brehmer and Cranmer 2020):
 
 * ``power`` 3 -> 2: outer 5 and inner 5 spline couplings with permutations, 10 bins, tail
   bound 6, conditional on theta (p = 1);
