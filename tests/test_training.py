@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import math
 import re
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -582,3 +584,43 @@ def test_a_non_finite_step_never_reaches_the_weights(power, monkeypatch, mode):
             **COMMON)  # fmt: skip
     assert not seen  # raised within the first epoch
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_fit_compile_gives_the_eager_losses():
+    """fit(compile=...) trains through torch.compile (a quick backend here) to the same losses."""
+    from mflows.compile import CompileFallbackWarning
+
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    histories = []
+    for compile in (False, "aot_eager"):
+        model = make_model("mflow", 3, 2, outer_layers=1, inner_layers=1, hidden_features=8,
+                           num_blocks=1, num_bins=4, seed=0)  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CompileFallbackWarning)
+            histories.append(
+                fit(
+                    model,
+                    x,
+                    algorithm="alternating",
+                    epochs=1,
+                    batch_size=16,
+                    progress=False,
+                    compile=compile,
+                )
+            )
+    eager, compiled = (h.column("train_loss") for h in histories)
+    assert np.allclose(eager, compiled, rtol=1e-4, atol=1e-5), (eager, compiled)
+
+
+def test_fit_applies_the_thread_policy_and_restores_the_count():
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    model = make_model("mflow", 3, 2, outer_layers=1, inner_layers=1, hidden_features=8,
+                       num_blocks=1, num_bins=4, seed=0)  # fmt: skip
+    seen = []
+    before = torch.get_num_threads()
+    fit(model, x, algorithm="alternating", epochs=1, batch_size=16, progress=False, threads=1,
+        callback=lambda epoch, record: seen.append(torch.get_num_threads()))  # fmt: skip
+    assert seen == [1]
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        fit(model, x, epochs=1, progress=False, threads=0)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from mflows.errors import InvalidArgumentError
+from mflows.threads import thread_policy
 from mflows.training import defaults
 from mflows.training import distributed as D
 from mflows.training.options import check_epochs, check_float, check_optimizer_options
@@ -92,6 +93,8 @@ def fit(
     sinkhorn_options: Mapping[str, Any] | None = None,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
     data_init: bool = True,
+    threads: int | None = None,
+    compile: bool | str = False,
 ) -> History:
     """Trains ``model`` on ``x`` with one of the training schemes (docs/theory.md,
     "Training schemes").
@@ -132,6 +135,14 @@ def fit(
         data_init: start the manifold of a fresh M-flow / M_e-flow / PIE with LU layers at the
             PCA plane of the training data (:func:`mflows.initialization.initialize_from_data`;
             models already trained or without LU layers are left alone).
+        threads: CPU threads of torch during training. ``None``: the user's setting
+            (``torch.set_num_threads``, ``OMP_NUM_THREADS``) if any, else mflows' policy (one
+            thread for models whose step is too small to gain from more, see
+            :mod:`mflows.threads`); the previous count is restored afterwards.
+        compile: compile the training losses with :func:`torch.compile` (falls back to eager,
+            with one warning, where compilation fails). Pays off on long runs only: the first
+            steps take minutes to compile. A string names the ``torch.compile`` backend
+            (e.g. ``"aot_eager"``, quick to compile, for checks).
 
     Returns:
         The :class:`~mflows.training.trainer.History`; ``model`` is trained in place.
@@ -257,10 +268,15 @@ def fit(
         log_dir=log_dir,
         sinkhorn_options=sinkhorn_options,
         callback=callback,
+        compile=compile,
     )
-    if data_init and not resume:
+    if data_init:
+        # Idempotent (a model whose first LU layer has moved is left alone), and a resumed run
+        # replaces every weight with its checkpoint's, so this also runs when resume=True: a
+        # run started with resume=True and no checkpoint yet is a fresh run.
         from mflows.initialization import initialize_from_data
 
         initialize_from_data(model, x[train_idx], None if context is None else context[train_idx])
     val = take(val_idx) if n_val > 0 else None
-    return trainer.fit(take(train_idx), val, resume=resume)
+    with thread_policy(model, options["batch_size"], threads):
+        return trainer.fit(take(train_idx), val, resume=resume)

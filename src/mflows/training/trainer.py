@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from mflows import losses as L
+from mflows.compile import compile_losses
 from mflows.errors import (
     CheckpointError,
     InvalidArgumentError,
@@ -295,6 +296,7 @@ class Trainer:
         log_dir: str | Path | None = None,
         sinkhorn_options: Mapping[str, Any] | None = None,
         callback: Callable[[int, dict[str, Any]], None] | None = None,
+        compile: bool | str = False,
     ):
         options = check_optimizer_options(
             batch_size=batch_size,
@@ -320,6 +322,11 @@ class Trainer:
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.sinkhorn_options = dict(sinkhorn_options or {})
         self.callback = callback
+        # the training losses, compiled on request (falls back, with one warning, when not)
+        self._losses = compute_losses
+        if compile:
+            backend = {} if compile is True else {"backend": str(compile)}
+            self._losses = compile_losses(compute_losses, **backend)
         self._epoch_info = (0, 0)  # (global epoch, batches) of the epoch running, for errors
         self._saved_epochs = 0  # epochs recorded in the last checkpoint written or resumed
         for stage in schedule.stages:  # fail early on phases without parameters
@@ -551,7 +558,7 @@ class Trainer:
         # Only this phase's gradients are read below, so only they need clearing (cheaper than
         # walking the whole module); another phase clears its own before its backward pass.
         optimizer.zero_grad(set_to_none=True)
-        terms = compute_losses(self.model, x, context, scores, phase.losses, self.sinkhorn_options)
+        terms = self._losses(self.model, x, context, scores, phase.losses, self.sinkhorn_options)
         names = list(terms)
         values = D.reduce_mean(torch.stack([terms[k].detach() for k in names]), float(len(x)))
         terms["loss"].backward()
