@@ -201,7 +201,7 @@ def test_scandal_needs_a_likelihood_phase():
 # configs/: every ready-made experiment configuration resolves to a model and a schedule
 # --------------------------------------------------------------------------------------------
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "src" / "mflows" / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.toml"))
 FAMILIES = {
     "af": ("af", "likelihood"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mflows.cli.paper import (
     _SCHEDULE_FLAGS,
@@ -13,7 +14,9 @@ from mflows.cli.paper import (
     CLIError,
     resolve_scheme,
 )
-from mflows.experiments.config import RunConfig, apply_overrides, load_config
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mflows.experiments.config import RunConfig
 
 __all__ = ["COMMANDS", "train_config_from_args"]
 
@@ -25,6 +28,8 @@ def train_config_from_args(args: argparse.Namespace) -> RunConfig:
         CLIError: for rejected flags or incompatible flag combinations.
         ConfigError: for invalid config files, values or ``--set`` keys.
     """
+    from mflows.experiments.config import RunConfig, apply_overrides, load_config
+
     for flag in UNSUPPORTED_FLAGS:
         if getattr(args, "unsupported_" + flag.lstrip("-"), None) is not None:
             raise CLIError(

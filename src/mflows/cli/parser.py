@@ -13,7 +13,7 @@ __all__ = ["build_parser"]
 _EPILOG_TRAIN = """\
 examples:
   mflows train --dataset power --algorithm mf --alternate --out runs/power-mf
-  mflows train --config configs/power_mf_alternating.toml --out runs/p --set training.epochs=5
+  mflows train --config power_mf_alternating --out runs/p --set training.epochs=5
   mflows train --dataset spherical_gaussian --truelatentdim 2 --datadim 3 --epsilon 0.01 \\
       --algorithm flow --epochs 10 --out runs/sg-af
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     train.add_argument("--out", required=True, type=Path, help="run directory to create")
-    train.add_argument("--config", type=Path, help="TOML or JSON config file (see configs/)")
+    train.add_argument("--config", type=Path, help="TOML or JSON config file or the name of a shipped config (`mflows config list`)")
     train.add_argument(
         "--set",
         dest="overrides",

@@ -14,7 +14,7 @@ Configurations load from TOML (sections ``[data]``, ``[model]``, ``[training]``,
 ``section.field=value`` overrides that are type-checked against the dataclass fields, and
 serialise back to JSON for the run directory::
 
-    config = load_config("configs/power_mf_alternating.toml")  # mflows.experiments.config
+    config = load_config("power_mf_alternating")  # a shipped config, by name (or a file path)
     config = apply_overrides(config, ["training.epochs=2", "data.n_train=500"])
     config.validate()
 
@@ -56,8 +56,10 @@ __all__ = [
     "TrainingConfig",
     "apply_overrides",
     "config_from_dict",
+    "config_names",
     "config_to_dict",
     "load_config",
+    "resolve_config_path",
     "save_config",
 ]
 
@@ -519,15 +521,59 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def _shipped_configs():
+    from importlib import resources
+
+    return resources.files("mflows") / "configs"
+
+
+def config_names() -> list[str]:
+    """Names of the configurations shipped with mflows (``power_mf_alternating``, ...)."""
+    return sorted(
+        p.name[: -len(".toml")] for p in _shipped_configs().iterdir() if p.name.endswith(".toml")
+    )
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config file from a path, or from the name of a shipped config (``power_pae``).
+
+    An existing file wins; otherwise a bare name (no directory part, optionally ending in
+    ``.toml``) is looked up among the configurations shipped in the package.
+
+    Raises:
+        ConfigError: if neither exists (the message lists close shipped names).
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    if path.parent == Path(".") and path.suffix in ("", ".toml"):
+        candidate = _shipped_configs() / f"{path.stem}.toml"
+        if candidate.is_file():
+            return Path(str(candidate))
+        import difflib
+
+        close = difflib.get_close_matches(path.stem, config_names(), n=3, cutoff=0.5)
+        hint = f"; did you mean: {', '.join(close)}" if close else ""
+        raise ConfigError(
+            f"config {text!r} is neither a file nor a shipped config name (`mflows config list` "
+            f"shows them){hint}"
+        )
+    raise ConfigError(f"config file {text!r} does not exist")
+
+
 def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
     """Load a TOML (``.toml``) or JSON (``.json``) run configuration.
+
+    Args:
+        path: a file, or the name of a configuration shipped with mflows
+            (:func:`config_names`, e.g. ``"power_mf_alternating"``).
+        base: configuration to start from.
 
     Raises:
         ConfigError: if the file is missing, cannot be parsed, or holds invalid keys/values.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+    path = resolve_config_path(path)
     try:
         if path.suffix.lower() == ".json":
             raw = json.loads(path.read_text())
