@@ -108,7 +108,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "-c": "pass a config file with --config FILE",
     "--load": "start a new run; interrupted runs resume from their checkpoints",
     "--startepoch": "interrupted runs resume from their checkpoints",
-    "--resume": "interrupted runs resume from their checkpoints",
     "--subsets": "alternating training switches phases every batch",
     "--addnllfactor": "simultaneous M-flow training uses --nllfactor and --msefactor",
     "--nopretraining": "pre-/post-training phases of simultaneous training are not implemented",
