@@ -42,6 +42,7 @@ from mflows.experiments.rundir import (
 from mflows.experiments.runs import (
     LoadedRun,
     evaluate_run,
+    extend_run,
     format_metrics,
     load_run,
     sample_run,
@@ -68,6 +69,7 @@ __all__ = [
     "demo_config",
     "describe_dataset",
     "evaluate_run",
+    "extend_run",
     "fit_options",
     "format_metrics",
     "get_dataset",

@@ -351,10 +351,12 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(handle))
     for row in rows:
         for key, value in row.items():
-            try:
-                row[key] = int(value) if key == "epoch" else float(value)
-            except (TypeError, ValueError):
-                pass
+            for kind in (int, float):
+                try:
+                    row[key] = kind(value)
+                    break
+                except (TypeError, ValueError):
+                    continue
     return rows
 
 
