@@ -638,6 +638,21 @@ def _write_plots_and_report(run: LoadedRun, metrics: dict[str, Any], artifacts: 
     title = (
         f"mflows: {run.config.model.kind} ({run.config.training.algorithm}) on {run.dataset.name}"
     )
+    info = _read_json(run.run_dir / R.TRAIN_INFO_FILE)
+    context = artifacts.get("context")
+    details = {
+        "data": run.dataset.name,
+        "theta (samples and OOD points)": "none (unconditional)"
+        if context is None
+        else np.asarray(context).tolist(),
+        "training time (s)": info.get("training_seconds"),
+        "epochs": info.get("epochs", run.config.training.epochs),
+        "best epoch": info.get("best_epoch"),
+        "seed (training)": run.config.training.seed,
+        "seed (evaluation)": run.config.evaluation.seed,
+        "device": info.get("device", run.config.device),
+        "versions": info.get("versions") or versions(),
+    }
     write_report(
         run.run_dir,
         metrics=metrics,
@@ -645,6 +660,7 @@ def _write_plots_and_report(run: LoadedRun, metrics: dict[str, Any], artifacts: 
         config=dataclasses.asdict(run.config),
         title=title,
         filename=R.REPORT_FILE,
+        details=details,
     )
 
 
