@@ -106,7 +106,7 @@ def test_load_array_reads_npy_npz_and_csv(tmp_path):
         assert np.allclose(data.load_array(tmp_path / name), x), name
     assert np.allclose(data.load_array(tmp_path / "many.npz", key="theta"), x[:, :1])
     (tmp_path / "bad.csv").write_text("1,2\n3,oops\n")
-    with pytest.raises(InvalidArgumentError, match="bad.csv"):
+    with pytest.raises(InvalidArgumentError, match=r"bad\.csv"):
         data.load_array(tmp_path / "bad.csv")
     with pytest.raises(InvalidArgumentError, match="unknown file type"):
         (tmp_path / "x.parquet").write_text("")

@@ -44,9 +44,7 @@ def _as_rows(what: str, value: Any, *, vector_ok: bool) -> np.ndarray:
         array = np.asarray(value)
     except Exception as error:  # ragged lists and the like
         raise InvalidArgumentError(f"{what} cannot be read as an array: {error}") from None
-    if array.dtype == object or not (
-        np.issubdtype(array.dtype, np.number) or array.dtype == bool
-    ):
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise InvalidArgumentError(f"{what} must hold numbers, got dtype {array.dtype}")
     if array.ndim == 1 and vector_ok:
         array = array[:, None]
@@ -237,8 +235,8 @@ def from_arrays(
         if not 0.0 <= value < 1.0:
             raise InvalidArgumentError(f"{key} must be in [0, 1), got {value}")
     order = np.random.default_rng(split_seed).permutation(len(x))
-    n_test = 0 if test is not None else int(round(test_fraction * len(x)))
-    n_val = 0 if val is not None else int(round(val_fraction * len(x)))
+    n_test = 0 if test is not None else round(test_fraction * len(x))
+    n_val = 0 if val is not None else round(val_fraction * len(x))
     if len(x) - n_test - n_val < 2:
         raise InvalidArgumentError(
             f"x has only {len(x)} rows: too few to train on after holding out the test and "

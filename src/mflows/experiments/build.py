@@ -20,9 +20,9 @@ from mflows.experiments.config import DataConfig, ModelConfig, RunConfig, Traini
 
 __all__ = [
     "arrays_dataset",
+    "build_model",
     "cache_files",
     "data_checksums",
-    "build_model",
     "dataset_names",
     "describe_dataset",
     "fit_options",

@@ -148,9 +148,7 @@ class DataConfig:
     def files(self) -> dict[str, str]:
         """The data files of your own data, ``{"x_file": path, ...}`` (only those set)."""
         return {
-            key: getattr(self, key)
-            for key in ARRAY_FILE_FIELDS
-            if getattr(self, key) is not None
+            key: getattr(self, key) for key in ARRAY_FILE_FIELDS if getattr(self, key) is not None
         }
 
     def options(self) -> dict[str, Any]:

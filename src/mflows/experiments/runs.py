@@ -231,9 +231,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def _announce_resume(
-    checkpoints: Path, total: int, messages: Callable[[str], None] | None
-) -> None:
+def _announce_resume(checkpoints: Path, total: int, messages: Callable[[str], None] | None) -> None:
     """Says "resuming from epoch k of N" when an interrupted run left a checkpoint."""
     from mflows.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
@@ -280,7 +278,7 @@ def extend_run(
     done = config.training.epochs
     if epochs <= done:
         raise RunError(
-            f"{run_dir} was trained for {done} epochs; to extend it pass more (--epochs > {done})"
+            f"{run_dir} was trained for {done} epochs; to extend it ask for more than {done} in all"
         )
     extra = epochs - done
     device = resolve_device(config.device)
