@@ -363,8 +363,10 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path, monkey
 
     real_fit = mflows.training.fit
 
-    def interrupted_fit(*args, **kwargs):
+    def interrupted_fit(*args, callback=None, **kwargs):
         def stop(epoch, record):
+            if callback is not None:
+                callback(epoch, record)
             if epoch == 1:
                 raise KeyboardInterrupt
 

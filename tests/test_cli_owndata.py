@@ -190,8 +190,9 @@ def test_resume_message(tmp_path: Path, monkeypatch, capsys, own_files: Path):
 
     real_fit = training.fit
 
-    def fit_then_crash(*args, **kwargs):
+    def fit_then_crash(*args, callback=None, **kwargs):
         def crash(epoch, record):
+            callback(epoch, record)
             if epoch == 2:
                 raise KeyboardInterrupt
 
@@ -203,7 +204,40 @@ def test_resume_message(tmp_path: Path, monkeypatch, capsys, own_files: Path):
     code, _, err = _run(capsys, *argv)
     assert code == 0, err
     assert "resuming from epoch 2 of 3" in err
+    assert len((run / "history.csv").read_text().splitlines()) == 4
     assert runs is not None
+
+
+def test_progress_bars_count_steps_within_epochs(own_files: Path, tmp_path: Path, capsys):
+    """The step bar (rate, ETA) runs inside each epoch: 400 training points less 20% for
+    validation, batches of 50, two phases per batch with alternating training: 14 steps."""
+    code, _, err = _run(capsys, "train", "--data", own_files / "x.npy", "--latent-dim", "2",
+                        "--epochs", "2", "--out", tmp_path / "r", "--threads", "1",
+                        "--set", "model.outer_layers=2", "--set", "model.hidden_features=16",
+                        "--set", "training.batch_size=50",
+                        "--set", "training.validation_split=0.2")  # fmt: skip
+    assert code == 0, err
+    assert "epoch 1/2:   0%|          | 0/14" in err and "step/s" in err and "epoch 2/2" in err
+    assert "epochs: 100%" in err and "2/2" in err
+
+
+def test_progress_steps_estimate():
+    from mflows.experiments.progress import TrainingProgress, steps_per_epoch
+
+    assert steps_per_epoch(1000, 100, 0.25, "alternating", "batch") == 16
+    assert steps_per_epoch(1000, 100, 0.25, "alternating", "epoch") == 8
+    assert steps_per_epoch(1000, 100, 0.0, "likelihood", "batch") == 10
+    import torch
+
+    with TrainingProgress(3, 1, 4) as bars:  # counts optimiser steps, restarts per epoch
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        for _ in range(5):
+            opt.step()
+        assert bars._count == 5
+        bars.callback(2, {"train_loss": 1.0, "val_loss": float("nan")})
+        assert bars.steps == 5 and bars._count == 0 and bars.done == 2
+    opt.step()  # the hook is gone after the block
+    assert bars._count == 0
 
 
 def test_seed_makes_training_reproducible(own_files: Path, tmp_path: Path, capsys):

@@ -127,7 +127,6 @@ def train_run(
         ConfigError: if the configuration does not fit the data set.
         TrainingDivergedError: if the loss became NaN or infinite.
     """
-    from mflows import training
 
     config = with_data_checksums(config.validate())
     out = Path(out_dir)
@@ -149,21 +148,18 @@ def train_run(
             (out / name).unlink(missing_ok=True)
         save_config(config, out / R.CONFIG_FILE)
         checkpoints = out / R.CHECKPOINT_DIR
-        scores = batch.scores if config.training.scandal is not None else None
-        _announce_resume(checkpoints, config.training.epochs, messages)
         start = time.perf_counter()
         try:
-            history = training.fit(
+            history = _fit_with_progress(
                 model,
-                batch.x,
-                context=batch.theta,
-                scores=scores,
+                batch,
+                config,
+                _fit_options(config),
+                checkpoints=checkpoints,
                 progress=progress,
-                checkpoint_dir=checkpoints,
-                resume=True,
+                messages=messages,
                 device=device,
                 log_dir=log_dir,
-                **_fit_options(config),
             )
         except TrainingDivergedError:
             raise
@@ -231,19 +227,57 @@ def versions() -> dict[str, str]:
     }
 
 
-def _announce_resume(checkpoints: Path, total: int, messages: Callable[[str], None] | None) -> None:
-    """Says "resuming from epoch k of N" when an interrupted run left a checkpoint."""
+def _resumed_epochs(checkpoints: Path) -> int:
+    """Epochs done by an interrupted run that left a checkpoint (0 when there is none)."""
     from mflows.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
     path = checkpoints / CHECKPOINT_NAME
-    if messages is None or not path.is_file():
-        return
+    if not path.is_file():
+        return 0
     try:
-        state = load_checkpoint(path)
-        done = len(state["history"]["records"])
+        return len(load_checkpoint(path)["history"]["records"])
     except Exception:  # unreadable: the trainer reports it precisely
-        return
-    messages(f"resuming from epoch {done} of {total} (checkpoint {path})")
+        return 0
+
+
+def _fit_with_progress(
+    model,
+    batch,
+    config: RunConfig,
+    options: dict[str, Any],
+    *,
+    checkpoints: Path,
+    progress: bool,
+    messages: Callable[[str], None] | None,
+    **kwargs: Any,
+):
+    """``fit`` with resume message and the progress bars of :mod:`mflows.experiments.progress`."""
+    from mflows import training
+    from mflows.experiments.progress import TrainingProgress, steps_per_epoch
+
+    epochs = options["epochs"]
+    total = sum(epochs) if isinstance(epochs, tuple | list) else int(epochs)
+    done = _resumed_epochs(checkpoints)
+    if done and messages is not None:
+        messages(f"resuming from epoch {done} of {total} (checkpoints in {checkpoints})")
+    t = config.training
+    steps = steps_per_epoch(
+        len(batch.x), t.batch_size, t.validation_split, t.algorithm, t.alternate
+    )
+    scores = batch.scores if t.scandal is not None else None
+    with TrainingProgress(total, done, steps, enabled=progress) as bars:
+        return training.fit(
+            model,
+            batch.x,
+            context=batch.theta,
+            scores=scores,
+            progress=False,
+            checkpoint_dir=checkpoints,
+            resume=True,
+            callback=bars.callback,
+            **kwargs,
+            **options,
+        )
 
 
 def _fit_options(config: RunConfig) -> dict[str, Any]:
@@ -270,7 +304,6 @@ def extend_run(
     Raises:
         RunError: for an unfinished or unreadable run, or ``epochs`` not above the epochs done.
     """
-    from mflows import training
     from mflows.files import atomic_path
 
     run_dir = Path(run_dir)
@@ -291,23 +324,21 @@ def extend_run(
         checkpoints = run_dir / R.CHECKPOINT_DIR
         if messages is not None:
             messages(f"extending {run_dir}: epochs {done + 1} to {epochs} ({extra} more)")
-        _announce_resume(checkpoints, extra, messages)
-        options = _fit_options(config)
-        options["epochs"] = extra
-        scores = batch.scores if config.training.scandal is not None else None
+        options = _fit_options(
+            dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=extra))
+        )
         start = time.perf_counter()
         try:
-            history = training.fit(
+            history = _fit_with_progress(
                 model,
-                batch.x,
-                context=batch.theta,
-                scores=scores,
+                batch,
+                config,
+                options,
+                checkpoints=checkpoints,
                 progress=progress,
-                checkpoint_dir=checkpoints,
-                resume=True,
+                messages=messages,
                 device=device,
                 log_dir=log_dir,
-                **options,
             )
         except (CheckpointError, ResumeMismatchError) as error:
             raise RunError(f"{error}; delete {checkpoints} to restart the extension") from None
