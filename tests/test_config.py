@@ -307,7 +307,7 @@ def test_shipped_configs_load_by_name():
     assert {p.stem for p in CONFIG_FILES} == set(names)
     assert load_config("power_pae") == load_config(CONFIG_DIR / "power_pae.toml")
     assert resolve_config_path("power_pae.toml") == CONFIG_DIR / "power_pae.toml"
-    with pytest.raises(ConfigError, match="did you mean: .*power_pae"):
+    with pytest.raises(ConfigError, match=r"did you mean: .*power_pae"):
         load_config("power_pea")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("some/dir/power_pae.toml")
