@@ -87,8 +87,9 @@ class TrainingProgress:
         if self._count:
             self.steps = self._count
         self._count = 0
-        self._batches.reset(total=self.steps)
-        self._batches.set_description(self._label())
+        if self.done < self.total_epochs:
+            self._batches.reset(total=self.steps)
+            self._batches.set_description(self._label())
 
     def __exit__(
         self,
