@@ -105,7 +105,7 @@ def build(name: str, seed: int) -> torch.nn.Module:
     _, kind, _, extra = MODELS[name]
     arch = {**ARCHITECTURE, **extra, "seed": seed}
     arch = {k: v for k, v in arch.items() if k in ARCHITECTURE_KEYS[kind]}
-    return make_model(kind, 3, 2, context_dim=1, **arch)
+    return make_model(kind, 3, None if kind == "af" else 2, context_dim=1, **arch)
 
 
 def evaluate(model: Any, name: str, data: Any, args: argparse.Namespace) -> dict[str, Any]:

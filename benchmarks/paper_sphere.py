@@ -75,7 +75,7 @@ def build(name: str, d: int, n: int, seed: int) -> torch.nn.Module:
     kind = MODELS[name][1]
     arch = {**ARCHITECTURE, "seed": seed}
     arch = {k: v for k, v in arch.items() if k in ARCHITECTURE_KEYS[kind]}
-    return make_model(kind, d, n, **arch)
+    return make_model(kind, d, None if kind == "af" else n, **arch)
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -541,16 +541,7 @@ def test_config_errors_name_the_paper_flag(tmp_path: Path, capsys):
     "schedule",
     [
         pytest.param((), id="likelihood"),
-        pytest.param(
-            ("--alternate",),
-            id="alternating",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the trainer reports a non-finite latent in the density phase as a "
-                "ValueError, not TrainingDivergedError (training branch); remove this mark "
-                "once that is merged",
-            ),
-        ),
+        pytest.param(("--alternate",), id="alternating"),
     ],
 )
 def test_huge_learning_rate_is_a_divergence_error(tmp_path: Path, capsys, schedule):

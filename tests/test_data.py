@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -425,7 +426,7 @@ def test_lorenz_trajectories_solve_the_ode_and_are_cached(tmp_path, monkeypatch)
     assert np.median(np.abs(deriv - rhs) / (np.abs(rhs) + 1)) < 1e-2
     assert np.all(np.abs(traj[:, 0] - ds.initial_states()) > 1e-3)  # the warm-up was skipped
     files = sorted(p.name for p in (tmp_path / "lorenz").iterdir())
-    assert files == [ds.cache_path.name] and not any(f.endswith(".part") for f in files)
+    assert files == [ds.cache_path.name, ds.cache_path.name + ".sha256"]
     # a second instance reads the cache instead of integrating again
     again = _tiny_lorenz(tmp_path)
     monkeypatch.setattr(type(again), "_integrate", lambda self, out: pytest.fail("not cached"))
@@ -438,6 +439,32 @@ def test_lorenz_trajectories_solve_the_ode_and_are_cached(tmp_path, monkeypatch)
     raw = ds.sample(200, seed=0) * STDS + MEANS
     gaps = np.abs(raw[:, None, :] - traj.reshape(-1, 3)[None]).max(-1).min(1)
     assert gaps.max() < 1e-4
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "checksum"])
+def test_lorenz_garbled_cache_is_detected_and_rebuilt(tmp_path, damage):
+    ds = _tiny_lorenz(tmp_path)
+    expected = np.array(ds.trajectories())
+    path = ds.cache_path
+    if damage == "flip":  # one changed byte in the data (the header still parses)
+        raw = bytearray(path.read_bytes())
+        raw[-100] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        path.with_name(path.name + ".sha256").unlink()
+    again = _tiny_lorenz(tmp_path)
+    with pytest.warns(RuntimeWarning, match="rebuilding"):
+        rebuilt = np.array(again.trajectories())
+    np.testing.assert_array_equal(rebuilt, expected)
+    assert path.with_name(path.name + ".sha256").is_file()
+    # the rebuilt cache verifies again: no further warning, no integration
+    third = _tiny_lorenz(tmp_path)
+    third._integrate = lambda out: pytest.fail("not cached")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(np.array(third.trajectories()), expected)
 
 
 def test_lorenz_distance_to_the_attractor(tmp_path):

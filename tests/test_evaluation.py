@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -147,12 +148,76 @@ def test_ood_auc_takes_the_best_detector():
 # MMD
 
 
+def _brute_force_mmd(x, y, h, unbiased):
+    """float64 double loops over every pair: the reference for :func:`mmd`."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+
+    def k(a, b):
+        return math.exp(-float(np.sum((a - b) ** 2)) / (2.0 * h * h))
+
+    n, m = len(x), len(y)
+    sxx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j or not unbiased)
+    syy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j or not unbiased)
+    sxy = sum(k(x[i], y[j]) for i in range(n) for j in range(m))
+    if unbiased:
+        return sxx / (n * (n - 1)) + syy / (m * (m - 1)) - 2.0 * sxy / (n * m)
+    return max(sxx / n**2 + syy / m**2 - 2.0 * sxy / (n * m), 0.0)
+
+
+def _brute_force_median(y):
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    return float(np.median([np.linalg.norm(y[i] - y[j]) for i in range(len(y)) for j in range(i)]))
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_mmd_matches_brute_force_reference(unbiased):
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(37, 2)), 0.5 + 1.3 * rng.normal(size=(29, 2))
+    for h in (0.3, 1.0, 2.5):
+        expected = _brute_force_mmd(x, y, h, unbiased)
+        assert mmd(x, y, bandwidth=h, unbiased=unbiased) == pytest.approx(expected, abs=1e-13)
+    h = _brute_force_median(y)
+    expected = _brute_force_mmd(x, y, h, unbiased)
+    assert mmd(x, y, bandwidth="y", unbiased=unbiased) == pytest.approx(expected, abs=1e-13)
+    assert posterior_mmd(x, y, unbiased=unbiased) == pytest.approx(expected, abs=1e-13)
+
+
+def test_posterior_mmd_is_the_unbiased_statistic_by_default():
+    """Regression: the paper's metric is the U-statistic; it used to return the V-statistic."""
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(25, 2)), rng.normal(size=(30, 2))  # same distribution
+    h = _brute_force_median(y)
+    unbiased = _brute_force_mmd(x, y, h, True)
+    assert posterior_mmd(x, y) == pytest.approx(unbiased, abs=1e-13)
+    assert mmd(x, y, bandwidth=h) == pytest.approx(unbiased, abs=1e-13)
+    # the biased estimate is larger by about (1 - E k)/N + (1 - E k)/M, here ~0.05
+    assert posterior_mmd(x, y, unbiased=False) > unbiased + 0.01
+
+
+def test_median_distance_uses_all_pairs():
+    """Regression: above 2000 points the median came from a random subset of 2000."""
+    from scipy.spatial.distance import pdist
+
+    rng = np.random.default_rng(9)
+    y = rng.standard_exponential(size=(2300, 2))
+    assert median_distance(y) == pytest.approx(float(np.median(pdist(y))), rel=1e-12, abs=0)
+    odd = y[:101]
+    assert median_distance(odd) == pytest.approx(float(np.median(pdist(odd))), rel=1e-12)
+    chain = np.repeat(y[:300], 4, axis=0)  # Metropolis chains repeat points: many ties
+    assert median_distance(chain) == pytest.approx(float(np.median(pdist(chain))), rel=1e-12)
+    assert median_distance(np.zeros((5, 2))) == 0.0
+    subset = median_distance(y, max_points=500, seed=1)
+    assert subset != median_distance(y) and subset == pytest.approx(median_distance(y), rel=0.1)
+
+
 def test_mmd_self_zero_shift_positive():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(400, 2))
-    assert mmd(x, x) == pytest.approx(0.0, abs=1e-12)
+    assert mmd(x, x, unbiased=False) == pytest.approx(0.0, abs=1e-12)
+    assert abs(mmd(x, x)) < 0.01  # the U-statistic of two equal samples is slightly negative
     y = rng.normal(size=(400, 2))
-    assert abs(mmd(x, y, unbiased=True)) < 0.01
+    assert abs(mmd(x, y)) < 0.01
     assert mmd(x, y + np.array([1.0, 0.0])) > 0.1
     # the estimate grows with the shift
     values = [mmd(x, y + s) for s in (0.0, 0.5, 1.0, 2.0)]
@@ -160,19 +225,20 @@ def test_mmd_self_zero_shift_positive():
 
 
 def test_mmd_closed_forms():
-    # two single points: MMD^2 = 2 - 2 exp(-|a - b|^2 / (2 h^2))
+    # two single points: MMD^2 = 2 - 2 exp(-|a - b|^2 / (2 h^2)) (biased: N = M = 1)
     a, b, h = np.array([[0.0, 1.0]]), np.array([[1.0, 3.0]]), 0.7
-    assert mmd(a, b, bandwidth=h) == pytest.approx(2 - 2 * np.exp(-5.0 / (2 * h**2)))
-    assert mmd(a, b, bandwidth=h, squared=False) == pytest.approx(
-        np.sqrt(2 - 2 * np.exp(-5.0 / (2 * h**2)))
-    )
+    biased = 2 - 2 * np.exp(-5.0 / (2 * h**2))
+    assert mmd(a, b, bandwidth=h, unbiased=False) == pytest.approx(biased)
+    assert mmd(a, b, bandwidth=h, unbiased=False, squared=False) == pytest.approx(np.sqrt(biased))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        mmd(a, b, bandwidth=h)
     # N(0, s^2) vs N(m, s^2) in 1-d: E k = h / sqrt(h^2 + 2 s^2) * exp(-m^2 / (2 (h^2 + 2 s^2)))
     rng = np.random.default_rng(5)
     s, m, h = 1.0, 1.0, 1.0
     c = h / np.sqrt(h**2 + 2 * s**2)
     exact = 2 * c * (1 - np.exp(-(m**2) / (2 * (h**2 + 2 * s**2))))
     x, y = rng.normal(0, s, 3000), rng.normal(m, s, 3000)
-    assert mmd(x, y, bandwidth=h, unbiased=True) == pytest.approx(exact, abs=0.01)
+    assert mmd(x, y, bandwidth=h) == pytest.approx(exact, abs=0.01)
 
 
 def test_mmd_bandwidth_options():
@@ -185,6 +251,12 @@ def test_mmd_bandwidth_options():
     assert posterior_mmd(x, y) == pytest.approx(mmd(x, y, bandwidth="y"))
     with pytest.raises(ValueError, match=r"expected y\.shape"):
         mmd(x, y[:, :2])
+    with pytest.raises(ValueError, match="bandwidth"):
+        mmd(x, y, bandwidth="z")
+    with pytest.raises(ValueError, match="bandwidth"):
+        mmd(x, y, bandwidth=0.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        mmd(x, np.full((3, 3), np.nan))
 
 
 # ------------------------------------------------------------------------------------------

@@ -72,3 +72,56 @@ def test_sinkhorn_gradient_flows_to_samples():
     # Moving every sample towards y reduces the divergence: gradient points away from y.
     assert torch.isfinite(x.grad).all()
     assert (x.grad < 0).all()
+
+
+# ---------------------------------------------------------------- SCANDAL in a density phase
+def _conditional_mflow(conditional_outer: bool):
+    from mflows.models import make_model
+
+    model = make_model(
+        "mflow",
+        3,
+        2,
+        1,
+        outer_layers=2,
+        inner_layers=2,
+        hidden_features=16,
+        num_blocks=1,
+        conditional_outer=conditional_outer,
+        seed=0,
+    ).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def test_latent_score_is_the_full_score_when_theta_stays_off_the_manifold():
+    """The density phase's score (at fixed u) is exact for conditional_outer=False ..."""
+    torch.manual_seed(2)
+    model = _conditional_mflow(False)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    theta = torch.randn(5, 1, dtype=torch.float64, requires_grad=True)
+    full = L.score(model.log_prob(x, theta), theta)
+    u = model.encode(x, theta).detach()
+    latent = L.score(model.latent_log_prob(u, theta), theta)
+    torch.testing.assert_close(latent, full)
+    # ... but not when theta enters the manifold: then the density phase's score is wrong
+    model = _conditional_mflow(True)
+    full = L.score(model.log_prob(x, theta), theta)
+    u = model.encode(x, theta).detach()
+    latent = L.score(model.latent_log_prob(u, theta), theta)
+    assert (latent - full).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("algorithm", ["sequential", "alternating", "ot-alternating"])
+def test_scandal_density_phase_with_conditional_manifold_is_refused(algorithm):
+    """Regression: this combination trained a wrong score silently."""
+    from mflows.errors import InvalidArgumentError
+    from mflows.training.phases import schedule_for
+
+    with pytest.raises(InvalidArgumentError, match="conditional_outer=True"):
+        schedule_for(algorithm, _conditional_mflow(True), scandal=True)
+    schedule_for(algorithm, _conditional_mflow(False), scandal=True)  # exact score: allowed
+    schedule_for(algorithm, _conditional_mflow(True), scandal=False)
+    schedule_for("likelihood", _conditional_mflow(True), scandal=True)  # full log_prob: allowed

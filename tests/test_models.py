@@ -531,6 +531,7 @@ ALL_KINDS = tuple(KIND_OPTIONS)
 
 
 def build(kind, d=4, n=2, c=0, **options):
+    n = None if kind == "af" else n
     return make_model(kind, d, n, c, seed=0, **{**KIND_OPTIONS[kind], **options})
 
 
@@ -677,7 +678,7 @@ def test_image_models(kind):
         options.update(encoder_hidden_features=8, encoder_num_blocks=1)
     if kind == "af":
         options.pop("inner_layers")
-    model = make_model(kind, IMAGE, 3, seed=0, **options).double()
+    model = make_model(kind, IMAGE, None if kind == "af" else 3, seed=0, **options).double()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -715,3 +716,231 @@ def test_image_models(kind):
     torch.testing.assert_close(logp, ref)
     with pytest.raises(ValueError, match=r"\(B, 3, 4, 4\)"):
         model.log_prob(x.reshape(2, -1))
+
+
+# ---------------------------------------------------------------- spline tail bound
+def _perturbed_curve_model(dtype):
+    # the model of the audit's reproducer (built with the defaults of that time: permutations)
+    model = make_model("mflow", 2, 1, seed=4, linear="permutation").to(dtype)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in model.parameters():
+            if (p == 0).all():
+                p.add_(0.2 * torch.randn(p.shape, generator=gen).to(dtype))
+    return model
+
+
+def test_mflow_density_at_the_spline_tail_bound_is_right():
+    """Regression: u = +B (the spline's upper tail bound) gave log_prob = inf (now -5.42)."""
+    model = _perturbed_curve_model(torch.float32)
+    u = torch.tensor([[3.0], [3.0 + 1e-6], [2.9999], [-3.0], [-3.0 - 1e-6]])
+    with torch.no_grad():
+        logp = model.log_prob(model.decode(u))
+    assert torch.isfinite(logp).all()
+    # float64 reference: latent density and a central finite-difference Jacobian of g
+    ref_model = _perturbed_curve_model(torch.float64)
+    u64, eps = u.double(), 1e-7
+    with torch.no_grad():
+        jac = (ref_model.decode(u64 + eps) - ref_model.decode(u64 - eps)) / (2 * eps)
+        ref = ref_model.latent_log_prob(u64) - torch.log(jac.norm(dim=-1))
+    torch.testing.assert_close(logp.double(), ref, atol=2e-3, rtol=0)
+    assert abs(logp[0].item() - (-5.419)) < 2e-3
+
+
+# ---------------------------------------------------------------- scale-safe sphere chart
+def _reference_angles(y: np.ndarray, n: int) -> np.ndarray:
+    """Hyperspherical angles of rows of y (float64 NumPy, independent of SphereChart)."""
+    y = y[:, : n + 1]
+    phi = [np.arctan2(np.linalg.norm(y[:, k + 1 :], axis=1), y[:, k]) for k in range(n - 1)]
+    phi.append(np.mod(np.arctan2(y[:, n], y[:, n - 1]), 2 * np.pi))
+    return np.stack(phi, axis=1)
+
+
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-16, 1.0, 1e20, 1e30])
+@pytest.mark.parametrize(("n", "d"), [(1, 2), (2, 3), (3, 5)])
+def test_sphere_chart_is_scale_safe_in_float32(n, d, magnitude):
+    """Regression: encode squared x and was wrong for |x| >= 1e20 or <= 1e-16 in float32."""
+    rng = np.random.default_rng(n + d)
+    direction = rng.normal(size=(8, d))
+    expected = _reference_angles(direction, n)
+    x = torch.tensor(direction * magnitude, dtype=torch.float32)
+    angles = SphereChart(n, d).float().encode(x)
+    np.testing.assert_allclose(angles.double().numpy(), expected, atol=2e-6, rtol=0)
+    logit = SphereChart(n, d, unbounded=True).float().encode(x)
+    scale = np.full(n, np.pi)
+    scale[-1] = 2 * np.pi
+    p = expected / scale
+    np.testing.assert_allclose(logit.double().numpy(), np.log(p / (1 - p)), atol=2e-4, rtol=0)
+    # the FOM density of a point is that of its radial projection, at any magnitude
+    model = make_model("fom", d, n, inner_layers=0)
+    unit = torch.tensor(direction / np.linalg.norm(direction[:, : n + 1], axis=1)[:, None])
+    torch.testing.assert_close(model.log_prob(x), model.log_prob(unit.float()), atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- bounded memory: chunks
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_public_methods_evaluate_large_batches_in_chunks(kind):
+    """Regression: log_prob held every intermediate of the whole batch (1e5 samples: +806 MB)."""
+    torch.manual_seed(0)
+    model = build(kind, c=1).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, ctx = torch.randn(23, 4, **F64), torch.randn(23, 1, **F64)
+    u = model.encode(x, ctx)
+    model.batch_chunk_size = None
+    methods = {
+        "encode": lambda: model.encode(x, ctx),
+        "decode": lambda: model.decode(u, ctx),
+        "project": lambda: model.project(x, ctx),
+        "latent_log_prob": lambda: model.latent_log_prob(u, ctx),
+        "sample": lambda: model.sample(23, ctx, generator=torch.Generator().manual_seed(0)),
+    }
+    if kind != "pae":
+        methods["log_prob"] = lambda: model.log_prob(x, ctx)
+    whole = {name: f() for name, f in methods.items()}
+    seen: list[int] = []
+    for private in ("_encode", "_decode", "_project", "_log_prob", "_latent_log_prob"):
+        original = getattr(model, private)
+
+        def spy(data, context, _original=original):
+            seen.append(data.shape[0])
+            return _original(data, context)
+
+        setattr(model, private, spy)
+    model.batch_chunk_size = 5
+    for name, f in methods.items():
+        seen.clear()
+        torch.testing.assert_close(f(), whole[name], atol=1e-12, rtol=1e-12)
+        assert seen and max(seen) <= 5, (name, seen)
+    model.batch_chunk_size = 0
+    with pytest.raises(ValueError, match="batch_chunk_size"):
+        model.encode(x, ctx)
+
+
+# ---------------------------------------------------------------- option range checks
+@pytest.mark.parametrize(
+    ("kind", "options", "message"),
+    [
+        ("mflow", {"tail_bound": 0.0}, r"expected tail_bound > 0 and finite, got 0.0"),
+        ("mflow", {"tail_bound": -1.0}, r"expected tail_bound > 0 and finite, got -1.0"),
+        ("mflow", {"tail_bound": float("inf")}, r"expected tail_bound > 0 and finite, got inf"),
+        ("mflow", {"tail_bound": float("nan")}, r"expected tail_bound > 0 and finite, got nan"),
+        ("mflow", {"tail_bound": True}, r"tail_bound"),
+        ("mflow", {"tail_bound": 1e30}, r"1e-06 <= tail_bound <= 10000"),
+        ("mflow", {"num_bins": 0}, r"expected num_bins an integer >= 1, got 0"),
+        ("mflow", {"outer_layers": 2.0}, r"expected outer_layers an integer >= 1, got 2.0"),
+        ("mflow", {"outer_layers": True}, r"outer_layers an integer"),
+        ("mflow", {"inner_layers": -1}, r"inner_layers an integer >= 0"),
+        ("mflow", {"hidden_features": "100"}, r"hidden_features an integer"),
+        ("mflow", {"num_blocks": 1.5}, r"num_blocks an integer"),
+        ("emflow", {"encoder_num_blocks": 0}, r"encoder_num_blocks an integer >= 1"),
+        ("pae", {"decoder_hidden_features": None}, r"decoder_hidden_features an integer"),
+        ("pie", {"pie_epsilon": 0.0}, r"expected pie_epsilon > 0 and finite, got 0.0"),
+        ("pie", {"pie_epsilon": float("inf")}, r"expected pie_epsilon > 0 and finite, got inf"),
+        ("pie", {"conditional_outer": "yes"}, r"conditional_outer True or False"),
+        ("mflow", {"seed": 1.5}, r"seed an integer"),
+    ],
+)
+def test_make_model_refuses_out_of_range_options(kind, options, message):
+    from mflows.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=message):
+        make_model(kind, 4, 2, **options)
+
+
+def test_make_model_refuses_bad_dimensions():
+    from mflows.errors import InvalidArgumentError
+
+    for data_dim in (0, 3.0, True, (3, 4), (3, 4, 0), "4"):
+        with pytest.raises(InvalidArgumentError, match="data_dim"):
+            make_model("mflow", data_dim, 1)
+    for latent_dim in (2.0, True, 0, 5, None):
+        with pytest.raises(InvalidArgumentError, match="latent_dim"):
+            make_model("mflow", 4, latent_dim)
+    with pytest.raises(InvalidArgumentError, match="context_dim"):
+        make_model("mflow", 4, 2, 1.0)
+    # an ambient flow's latent dimension is d: anything else is refused, not replaced
+    with pytest.raises(InvalidArgumentError, match="latent_dim == data_dim == 4"):
+        make_model("af", 4, 2)
+    assert make_model("af", 4, 4).latent_dim == 4 and make_model("af", 4).latent_dim == 4
+    assert make_model("mflow", np.int64(4), np.int64(2)).latent_dim == 2  # NumPy ints are ints
+
+
+# ---------------------------------------------------------------- save / load safety
+def test_failing_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    build("mflow").save(path)
+    before = path.read_bytes()
+    other = build("mflow", num_bins=4)
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        other.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary left
+
+
+def test_load_refuses_other_versions_and_damaged_files(tmp_path):
+    from mflows.errors import CheckpointError
+
+    path = tmp_path / "model.pt"
+    build("mflow").save(path)
+    payload = torch.load(path, weights_only=True)
+    for version, name in ((2, "v2.pt"), (None, "none.pt")):
+        torch.save({**payload, "version": version}, tmp_path / name)
+        with pytest.raises(CheckpointError, match=f"version {version!r}"):
+            load(tmp_path / name)
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an mflows model file"):
+        load(tmp_path / "other.pt")
+    (tmp_path / "truncated.pt").write_bytes(path.read_bytes()[:200])
+    (tmp_path / "text.pt").write_text("not a torch file")
+    for name in ("truncated.pt", "text.pt"):
+        with pytest.raises(CheckpointError, match="delete it and save or train the model again"):
+            load(tmp_path / name)
+    bad_weights = {**payload, "state_dict": {"outer.nothing": torch.zeros(1)}}
+    torch.save(bad_weights, tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load(tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match="no such model file"):
+        load(tmp_path / "missing.pt")
+
+
+def test_load_runs_no_code_from_a_crafted_file(tmp_path):
+    from mflows.errors import CheckpointError
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("pwned",))
+
+    torch.save({"format": "mflows-model", "version": 1, "config": Payload()}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError):
+        load(tmp_path / "x.pt")
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- extreme inputs
+def test_extreme_inputs_are_refused_not_returned_as_nan():
+    from mflows.errors import InvalidArgumentError
+
+    torch.manual_seed(0)
+    model = build("emflow", d=4, n=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.ones(2, 4)
+    x[0] = 3e38  # overflows the float32 encoder network
+    with pytest.raises(InvalidArgumentError, match=r"encode cannot evaluate 1 of 2 samples"):
+        model.encode(x)
+    # a model that itself produces NaN (a diverged training) returns it: the trainer reports it
+    with torch.no_grad():
+        next(model.encoder.parameters()).fill_(float("nan"))
+    assert torch.isnan(model.encode(torch.ones(2, 4))).all()

@@ -11,7 +11,8 @@ from mflows.errors import InvalidArgumentError
 
 def _model(kind: str, context_dim: int = 1, **arch):
     torch.manual_seed(0)
-    model = make_model(kind, 3, 2, context_dim=context_dim, seed=0, **arch).double()
+    latent_dim = None if kind == "af" else 2
+    model = make_model(kind, 3, latent_dim, context_dim=context_dim, seed=0, **arch).double()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # move away from the identity initialisation
         for p in model.parameters():

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pytest
 import torch
 
 import mflows.data
+from mflows.initialization import initialize_from_data
 from mflows.models import make_model
 from mflows.training import (
     Phase,
@@ -90,6 +92,8 @@ COMMON = {"batch_size": 30, "progress": False, "sinkhorn_options": SINKHORN}
 def test_scheme_reduces_its_losses(power, kind, algorithm, epochs, terms):
     model = tiny(kind)
     weights = {t: 1.0 for t in terms}
+    # start from the data-aware initialisation that fit applies (fit then leaves it alone)
+    initialize_from_data(model, power.x)
     before = evaluate(model, power.x, weights)
     history = fit(
         model,
@@ -244,7 +248,7 @@ def test_nan_guard_names_epoch_and_keeps_last_good_checkpoint(power, tmp_path):
             **COMMON,
         )
     assert isinstance(info.value, FloatingPointError)
-    assert str(tmp_path / "checkpoint.pt") in str(info.value)
+    assert f"{tmp_path / 'checkpoint.pt'} (after epoch 2)" in str(info.value)
     state = load_checkpoint(tmp_path)
     assert len(state["history"]["records"]) == 2
     restored = tiny("af", seed=5)
@@ -298,8 +302,9 @@ def test_early_stopping_restores_a_deep_copy_of_the_best_weights(power):
 
 
 def test_alternating_early_stopping_follows_the_reconstruction_error(power):
-    # latent NLLs of different manifolds are not comparable (SPEC §2): the alternating scheme
-    # keeps the epoch with the best validation MSE, whatever the latent NLL does.
+    # latent NLLs of different manifolds are not comparable (each is measured in the coordinates
+    # of its own chart): the alternating scheme keeps the epoch with the best validation MSE,
+    # whatever the latent NLL does.
     schedule = schedule_for("alternating", tiny("mflow"), epochs=3)
     assert schedule.stages[0].monitor == ("mse",)
     model = tiny("mflow")
@@ -374,9 +379,7 @@ def test_bad_inputs_raise_before_training(power):
     _raises(r"x.shape\[-1\] == 3", af, x[:, :2])
     _raises("validation_split", af, x, validation_split=1.0)
     _raises("unconditional", af, x, torch.zeros(len(x), 1))
-    _raises(
-        "unknown algorithm 'flow'.*likelihood, sequential, alternating", mf, x, algorithm="flow"
-    )
+    _raises("unknown training algorithm 'flow'.*likelihood.*sequential", mf, x, algorithm="flow")
     _raises("does not fit a model of kind 'af'", af, x, algorithm="alternating")
     _raises("does not fit a model of kind 'pie'", tiny("pie"), x, algorithm="sequential")
     _raises("does not fit a model of kind 'mflow'", mf, x, algorithm="pae")
@@ -418,19 +421,164 @@ def test_schedules_are_data():
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    from pathlib import Path
+
     from mflows.training import checkpoint
 
-    checkpoint.save_checkpoint({"format": checkpoint.CHECKPOINT_FORMAT, "a": 1}, tmp_path / "c.pt")
+    header = {"format": checkpoint.CHECKPOINT_FORMAT, "version": checkpoint.CHECKPOINT_VERSION}
+    checkpoint.save_checkpoint({**header, "a": 1}, tmp_path / "c.pt")
 
-    def broken_save(obj, handle):
-        handle.write(b"partial")
+    def broken_save(obj, path):
+        Path(path).write_bytes(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.save_checkpoint(
-            {"format": checkpoint.CHECKPOINT_FORMAT, "a": 2}, tmp_path / "c.pt"
-        )
+        checkpoint.save_checkpoint({**header, "a": 2}, tmp_path / "c.pt")
     monkeypatch.undo()
     assert checkpoint.load_checkpoint(tmp_path / "c.pt")["a"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+# --------------------------------------------------------------------- defaults, ranges, NaN
+def test_fit_trainer_and_schedule_for_share_their_defaults():
+    import inspect
+
+    from mflows.training import Trainer, defaults
+
+    def params(f):
+        return {k: v.default for k, v in inspect.signature(f).parameters.items()}
+
+    fit_defaults, trainer_defaults = params(fit), params(Trainer.__init__)
+    schedule_defaults = params(schedule_for)
+    for name in ("batch_size", "lr", "weight_decay", "optimizer", "clip", "early_stopping",
+                 "patience", "seed"):  # fmt: skip
+        assert trainer_defaults[name] == fit_defaults[name], name
+    for name in ("epochs", "reconstruction_weight", "scandal_weight", "alternate"):
+        assert schedule_defaults[name] == fit_defaults[name], name
+    assert (fit_defaults["weight_decay"], fit_defaults["clip"]) == (1e-4, 1.0)
+    assert fit_defaults["reconstruction_weight"] == defaults.RECONSTRUCTION_WEIGHT == 1000.0
+    schedule = schedule_for("likelihood", tiny("mflow"))
+    assert schedule.stages[0].phases[0].losses["mse"] == fit_defaults["reconstruction_weight"]
+    trainer = Trainer(tiny("mflow"), schedule)
+    assert (trainer.weight_decay, trainer.clip) == (1e-4, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        ({"clip": 0.0}, r"clip > 0 \(None switches it off\)"),
+        ({"clip": -1.0}, "clip > 0"),
+        ({"clip": math.nan}, "clip must be finite"),
+        ({"reconstruction_weight": -1.0}, "reconstruction_weight >= 0"),
+        ({"reconstruction_weight": math.inf}, "reconstruction_weight must be finite"),
+        ({"lr": math.inf}, "lr must be finite"),
+        ({"lr": math.nan}, "lr must be finite"),
+        ({"lr": 0.0}, "lr > 0"),
+        ({"lr": -1e-3}, "lr > 0"),
+        ({"weight_decay": math.nan}, "weight_decay must be finite"),
+        ({"weight_decay": -1.0}, "weight_decay >= 0"),
+        ({"epochs": 0}, "epochs >= 1"),
+        ({"epochs": 2.5}, "epochs must be an integer"),
+        ({"epochs": True}, "epochs must be an integer"),
+        ({"batch_size": 0}, "batch_size >= 1"),
+        ({"batch_size": 10.0}, "batch_size must be an integer"),
+        ({"validation_split": 1.0}, "validation_split < 1"),
+        ({"validation_split": -0.1}, "0 <= validation_split"),
+        ({"validation_split": math.nan}, "validation_split must be finite"),
+        ({"patience": 0}, "patience >= 1"),
+        ({"seed": -1}, "seed >= 0"),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"optimizer": "sgd"}, "optimizer must be one of"),
+        ({"alternate": "step"}, "alternate must be one of"),
+        ({"scandal_weight": -2.0}, "scandal_weight >= 0"),
+        ({"epochs": (1, 1)}, "only meaningful for 'sequential' and 'pae'"),
+        ({"epochs": (1, 0)}, r"epochs\[1\] >= 1"),
+        ({"epochs": (1, 2, 3)}, "a pair"),
+    ],
+)
+def test_fit_refuses_options_out_of_range(power, option, match):
+    from mflows.errors import InvalidArgumentError
+
+    model = tiny("mflow")
+    untouched = snapshot(model)
+    kwargs = {"algorithm": "alternating", "epochs": 1, "progress": False, **option}
+    with pytest.raises(InvalidArgumentError, match=match):
+        fit(model, power.x, **kwargs)
+    assert_same_state(untouched, snapshot(model))
+
+
+def test_fit_accepts_the_edges_of_the_ranges(power):
+    import numpy as np
+
+    model = tiny("mflow")
+    history = fit(model, power.x, algorithm="likelihood", epochs=np.int64(1), clip=None,
+                  reconstruction_weight=0.0, validation_split=0.0, weight_decay=0.0,
+                  batch_size=np.int32(40), progress=False)  # fmt: skip
+    assert len(history) == 1
+
+
+@pytest.mark.parametrize("with_checkpoint", [True, False])
+def test_huge_learning_rate_is_a_divergence_naming_the_last_checkpoint(
+    power, tmp_path, with_checkpoint
+):
+    # lr = 1e30 used to end in the model's input check ("u contains non-finite values"), which
+    # the application reported as "training cannot start".
+    model = tiny("mflow")
+    ckpt = tmp_path / "ckpt" if with_checkpoint else None
+    with pytest.raises(TrainingDivergedError) as info:
+        fit(model, power.x, algorithm="alternating", epochs=2, lr=1e30, checkpoint_dir=ckpt,
+            **COMMON)  # fmt: skip
+    message = str(info.value)
+    assert re.search(r"epoch 1, batch \d+/\d+, phase '\w+': .*=nan", message), message
+    assert "non-finite: " in message
+    if with_checkpoint:
+        assert f"the last good checkpoint is {ckpt / 'checkpoint.pt'} (written before" in message
+        state = load_checkpoint(ckpt)
+        assert all(torch.isfinite(v).all() for v in state["model_state"].values())
+    else:
+        assert "no checkpoint was written" in message
+    # the model in memory never holds weights from a non-finite step
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def _poison_step(monkeypatch, at_call):
+    """Makes the loss of the ``at_call``-th training step NaN (validation is left alone)."""
+    from mflows.training import trainer
+
+    real = trainer.compute_losses
+    calls = {"n": 0}
+
+    def poisoned(model, x, *args, **kwargs):
+        terms = real(model, x, *args, **kwargs)
+        if torch.is_grad_enabled() and model.training:
+            calls["n"] += 1
+            if calls["n"] == at_call:
+                terms["loss"] = terms["loss"] * math.nan
+        return terms
+
+    monkeypatch.setattr(trainer, "compute_losses", poisoned)
+
+
+@pytest.mark.parametrize("mode", ["every-step", "deferred", "unfused"])
+def test_a_non_finite_step_never_reaches_the_weights(power, monkeypatch, mode):
+    from mflows.training import trainer
+
+    if mode == "deferred":  # as on GPUs: the flag is read once per epoch here
+        monkeypatch.setattr(trainer, "_check_interval", lambda device: 10**9)
+    if mode == "unfused":  # an optimiser without a fused kernel: checked before its step
+
+        def unfused(name, params, lr, weight_decay):
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True), False
+
+        monkeypatch.setattr(trainer, "_make_optimizer", unfused)
+    _poison_step(monkeypatch, at_call=2)  # batch 1, density phase (alternating per batch)
+    model = tiny("mflow")
+    seen = []
+    with pytest.raises(
+        TrainingDivergedError, match=r"epoch 1, batch 1/3, phase 'density'.*loss=nan"
+    ):
+        fit(model, power.x, algorithm="alternating", epochs=2, callback=lambda *a: seen.append(1),
+            **COMMON)  # fmt: skip
+    assert not seen  # raised within the first epoch
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())

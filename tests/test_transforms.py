@@ -368,6 +368,85 @@ def test_spline_tails_join_smoothly():
         assert torch.all(ld[x.abs() > 3] == 0)
 
 
+def _boundary_points(bound: float, dtype: torch.dtype) -> torch.Tensor:
+    """-B, +B and their neighbours one ulp inside and outside, in ``dtype``."""
+    b = torch.tensor(bound, dtype=dtype)
+    inf = torch.tensor(math.inf, dtype=dtype)
+    points = [b, torch.nextafter(b, inf), torch.nextafter(b, -inf)]
+    points += [-p for p in points]
+    return torch.stack(points)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+def test_spline_derivative_at_the_tail_bounds(inverse, dtype):
+    """At and one ulp around +-B the derivative is the spline's (about 1), in both modes.
+
+    Regression: round-off put the inverse's bin fraction at 1 + 4e-15 for y = B, and a plain
+    clamp zeroed its derivative, so Jacobians and M-flow densities were wrong there.
+    """
+    bound, k, n_sets = 3.0, 8, 20
+    x = _boundary_points(bound, dtype)
+    w, h, d = (a.to(dtype) for a in _spline_params(n_sets, k, scale=2.0, seed=3))
+    args = [a[:, None].expand(-1, x.numel(), -1) for a in (w, h, d)]
+    xs = x.expand(n_sets, -1).clone().requires_grad_(True)
+    y, ld = rational_quadratic_spline(xs, *args, inverse=inverse, tail_bound=bound)
+    assert torch.isfinite(y).all() and torch.isfinite(ld).all()
+    (grad,) = torch.autograd.grad(y.sum(), xs)
+    tol = 1e-3 if dtype == torch.float32 else 1e-9  # float32: round-off of the quadratic root
+    # the boundary knot derivatives are 1, so the map has slope 1 at the bounds (in float32 one
+    # ulp inside a narrow boundary bin already moves it by up to ~1e-3)
+    slope_tol = 1e-2 if dtype == torch.float32 else 1e-9
+    torch.testing.assert_close(grad, torch.ones_like(grad), atol=slope_tol, rtol=0)
+    torch.testing.assert_close(ld.exp(), grad, atol=tol, rtol=0)
+
+    def single(xi, wi, hi, di):
+        y = rational_quadratic_spline(xi[None], wi[None], hi[None], di[None], inverse=inverse)
+        return y[0][0]
+
+    for jac in (jacfwd, jacrev):
+        j = vmap(vmap(jac(single)))(xs.detach(), *args)
+        torch.testing.assert_close(j, grad, atol=tol, rtol=0)
+
+
+def test_spline_inverse_at_the_bound_of_a_random_spline_matches_finite_differences():
+    """The inverse at y = B (the issue's failing case) has the finite-difference slope."""
+    w, h, d = _spline_params(40, 8, scale=2.0, seed=4)
+    y = torch.full((40,), 3.0, dtype=DTYPE, requires_grad=True)
+    x, ld = rational_quadratic_spline(y, w, h, d, inverse=True)
+    (grad,) = torch.autograd.grad(x.sum(), y)
+    eps = 1e-7
+
+    def at(shift: float) -> torch.Tensor:
+        return rational_quadratic_spline(y.detach() - shift, w, h, d, inverse=True)[0]
+
+    fd = (3.0 * at(0.0) - 4.0 * at(eps) + at(2.0 * eps)) / (2.0 * eps)  # one-sided, 2nd order
+    torch.testing.assert_close(grad, fd, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ld.exp(), grad, atol=1e-9, rtol=0)
+
+
+SPLINE_NAMES = ["elementwise_rqs", "rqs_coupling", "inverse_of_coupling", "tabular_spline_perm"]
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+@pytest.mark.parametrize("name", SPLINE_NAMES)
+def test_spline_layers_at_the_tail_bounds_match_autograd(name, inverse):
+    """Inputs exactly at -B, +B and one ulp around them: log|det| equals autograd's Jacobian."""
+    t = build(name)
+    x, c = inputs(name, 6)
+    bounds = _boundary_points(3.0, DTYPE)  # the layers' default tail bound
+    x = bounds[: x.shape[0], None].expand_as(x).clone()
+    x[:, ::2] = 0.5  # the conditioners see ordinary values, the splines the bounds
+    jac = autograd_jacobians(per_sample(t, c, inverse=inverse), x, c)
+    y, ld = (t.inverse if inverse else t.forward)(x, c)
+    assert torch.isfinite(y).all() and torch.isfinite(ld).all()
+    torch.testing.assert_close(ld, torch.linalg.slogdet(jac).logabsdet, atol=1e-8, rtol=1e-8)
+    args = (x,) if c is None else (x, c)
+    f = per_sample(t, c, inverse=inverse)
+    for jacobian in (jacfwd, jacrev):
+        torch.testing.assert_close(vmap(jacobian(f))(*args), jac, atol=1e-10, rtol=1e-8)
+
+
 def test_spline_zero_parameters_is_identity():
     x = torch.linspace(-4, 4, 101, dtype=DTYPE)
     z = torch.zeros(101, 8, dtype=DTYPE)

@@ -1,6 +1,6 @@
 """mflows: manifold-learning flows for simultaneous manifold learning and density estimation.
 
-Public API::
+Public API (the contract of docs/interfaces.md)::
 
     model = mflows.make_model("mflow", data_dim=3, latent_dim=2)
     history = mflows.fit(model, x, algorithm="alternating", epochs=20)

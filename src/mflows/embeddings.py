@@ -1,7 +1,7 @@
 """Embeddings between the manifold coordinates R^n and the data space R^d.
 
-* :func:`pad` / :func:`project`: the zero padding R^n -> R^d, u -> (u, 0), and its left inverse
-  (keep the first n coordinates) used by M-flows: g(u) = f(pad(u)), g^-1(x) = project(f^-1(x)).
+* :func:`pad` / :func:`unpad`: the zero padding R^n -> R^d, u -> (u, 0), and its left inverse
+  (keep the first n coordinates) used by M-flows: g(u) = f(pad(u)), g^-1(x) = unpad(f^-1(x)).
 * Charts for the flow on a prescribed manifold (FOM). A chart is any object with
 
   - ``latent_dim`` (n) and ``data_dim`` (d) attributes,
@@ -18,12 +18,13 @@
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Chart", "SphereChart", "pad", "project"]
+from mflows.errors import InvalidArgumentError
+
+__all__ = ["SphereChart", "pad", "unpad"]
 
 
 def pad(u: Tensor, features: int) -> Tensor:
@@ -31,21 +32,11 @@ def pad(u: Tensor, features: int) -> Tensor:
     return torch.cat([u, u.new_zeros(*u.shape[:-1], features - u.shape[-1])], dim=-1)
 
 
-def project(z: Tensor, features: int) -> Tensor:
-    """Keeps the first ``features`` coordinates: ``(B, d) -> (B, features)``."""
+def unpad(z: Tensor, features: int) -> Tensor:
+    """Keeps the first ``features`` coordinates, ``(B, d) -> (B, features)``: the left inverse of
+    :func:`pad` (not to be confused with :meth:`mflows.models.Model.project`, the projection of
+    data onto the learned manifold)."""
     return z[..., :features]
-
-
-@runtime_checkable
-class Chart(Protocol):
-    """A prescribed manifold for FOM: see the module docstring for the contract."""
-
-    latent_dim: int
-    data_dim: int
-
-    def decode(self, u: Tensor) -> Tensor: ...
-
-    def encode(self, x: Tensor) -> Tensor: ...
 
 
 class SphereChart(nn.Module):
@@ -80,7 +71,7 @@ class SphereChart(nn.Module):
     def __init__(self, latent_dim: int, data_dim: int, unbounded: bool = False):
         super().__init__()
         if latent_dim < 1 or data_dim < latent_dim + 1:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"SphereChart needs 1 <= latent_dim < data_dim, got n={latent_dim}, d={data_dim}"
             )
         self.latent_dim = int(latent_dim)
@@ -102,9 +93,13 @@ class SphereChart(nn.Module):
         """Points ``(B, d)`` -> coordinates ``(B, n)`` of their radial projection on the sphere."""
         n = self.latent_dim
         y = x[..., : n + 1]
-        # tail[k] = |y_{k:}|^2; clamp before sqrt so gradients stay finite at 0.
+        # The angles do not depend on |y|: divide by max |y_k| first, so that squaring cannot
+        # overflow (|x| >= 1e20 in float32) or underflow (|x| <= 1e-16) below.
+        scale = y.abs().amax(-1, keepdim=True)
+        y = y / torch.where(scale > 0, scale, torch.ones_like(scale))
+        # tail[k] = |y_{k:}|^2 in [0, n + 1]; clamp before sqrt so gradients stay finite at 0.
         tail = torch.flip(torch.cumsum(torch.flip(y.square(), [-1]), -1), [-1])
-        tail_norm = torch.sqrt(tail[..., 1:].clamp_min(1e-30))
+        tail_norm = torch.sqrt(tail[..., 1:].clamp_min(torch.finfo(y.dtype).tiny))
         angles = torch.atan2(tail_norm[..., : n - 1], y[..., : n - 1])
         last = torch.remainder(torch.atan2(y[..., n], y[..., n - 1]), 2 * math.pi)
         phi = torch.cat([angles, last.unsqueeze(-1)], -1)

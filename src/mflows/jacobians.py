@@ -33,6 +33,8 @@ import torch
 from torch import Tensor
 from torch.func import jacfwd, jacrev, vmap
 
+from mflows.errors import InvalidArgumentError
+
 __all__ = ["REVERSE_MODE_RATIO", "decoder_jacobian", "decoder_logdet", "logdet_jtj"]
 
 #: ``mode="auto"`` uses reverse mode when ``n > REVERSE_MODE_RATIO * d``: forward mode costs n
@@ -90,7 +92,7 @@ def decoder_jacobian(
         The Jacobians, shape ``(B, d, n)``; differentiable w.r.t. the parameters of ``g``.
     """
     if u.dim() != 2:
-        raise ValueError(f"expected u of shape (B, n), got {tuple(u.shape)}")
+        raise InvalidArgumentError(f"expected u of shape (B, n), got {tuple(u.shape)}")
     batch, n = u.shape
     single = _per_sample(decode_fn, context is not None)
     if batch == 0:
@@ -110,7 +112,7 @@ def decoder_jacobian(
     elif mode == "reverse":
         jac = jacrev(single, argnums=0)
     else:
-        raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
+        raise InvalidArgumentError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
     batched = vmap(jac)
     if chunk_size is None:
         chunk_size = max(1, _MAX_ENTRIES_PER_CHUNK // max(1, d * n))
@@ -138,7 +140,9 @@ def logdet_jtj(jacobian: Tensor, method: str = "cholesky") -> Tensor:
         ``(B,)``; ``-inf`` where J is (numerically) rank deficient.
     """
     if jacobian.dim() != 3 or jacobian.shape[-2] < jacobian.shape[-1]:
-        raise ValueError(f"expected a (B, d, n) Jacobian with d >= n, got {tuple(jacobian.shape)}")
+        raise InvalidArgumentError(
+            f"expected a (B, d, n) Jacobian with d >= n, got {tuple(jacobian.shape)}"
+        )
     if method == "qr":
         r = torch.linalg.qr(jacobian, mode="reduced").R
         return 2.0 * torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs()).sum(-1)
@@ -149,7 +153,7 @@ def logdet_jtj(jacobian: Tensor, method: str = "cholesky") -> Tensor:
         logdet = 2.0 * torch.log(diag.clamp_min(torch.finfo(torch.float64).tiny)).sum(-1)
         logdet = torch.where(info == 0, logdet, torch.full_like(logdet, -torch.inf))
         return logdet.to(jacobian.dtype)
-    raise ValueError(f"method must be 'qr' or 'cholesky', got {method!r}")
+    raise InvalidArgumentError(f"method must be 'qr' or 'cholesky', got {method!r}")
 
 
 def decoder_logdet(

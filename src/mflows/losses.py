@@ -1,4 +1,4 @@
-"""Pure loss functions of the training schemes (SPEC §2, §5).
+"""Pure loss functions of the training schemes (docs/theory.md, "Training schemes").
 
 Every function maps tensors (model outputs and data) to a scalar tensor; none of them touches an
 optimiser or decides which parameters train. Which losses apply to which parameters, with which

@@ -8,6 +8,7 @@ a coupling layer built on them starts as the identity map.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["ConvResidualNet", "ResidualMLP"]
@@ -35,7 +36,14 @@ class _ResidualBlock(nn.Module):
         )
 
     def forward(self, h: Tensor) -> Tensor:
-        return h + self.net(h)
+        act, first, _, drop, second = self.net
+        if type(act) is nn.ReLU:
+            t = F.relu(F.linear(F.relu(h), first.weight, first.bias))
+        else:
+            t = act(F.linear(act(h), first.weight, first.bias))
+        if drop.p > 0.0:
+            t = drop(t)
+        return h + F.linear(t, second.weight, second.bias)
 
 
 class ResidualMLP(nn.Module):
@@ -83,7 +91,12 @@ class ResidualMLP(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Maps ``x`` of shape ``(*, in)`` and ``context`` ``(*, c)`` to ``(*, out)``."""
         h = _join_context(x, context, self.context_features)
-        return self.final(self.blocks(self.initial(h)))
+        h = F.linear(h, self.initial.weight, self.initial.bias)
+        for block in self.blocks:
+            h = block(h)
+        act, last = self.final
+        h = F.relu(h) if type(act) is nn.ReLU else act(h)
+        return F.linear(h, last.weight, last.bias)
 
 
 class _ConvResidualBlock(nn.Module):

@@ -1,9 +1,9 @@
 """Input checks shared by the public entry points of mflows.
 
-Public methods validate at the boundary and trust their inputs inside (STYLE §6). Every check
-raises :class:`ValueError` with a message naming the expected shape, e.g.
-``expected x.shape[-1] == 40, got 39``. NumPy arrays (and anything :func:`torch.as_tensor`
-accepts) are converted to tensors with the dtype and device of the model.
+Public methods validate at the boundary and trust their inputs inside. Every check raises
+:class:`~mflows.errors.InvalidArgumentError` (a :class:`ValueError`) with a message naming the
+expected shape, e.g. ``expected x.shape[-1] == 40, got 39``. NumPy arrays (and anything
+:func:`torch.as_tensor` accepts) are converted to tensors with the dtype and device of the model.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from mflows.errors import InvalidArgumentError
 
 __all__ = ["as_tensor", "check_context", "check_num_samples", "shape_str"]
 
@@ -27,13 +29,15 @@ def _to_tensor(x: Any, name: str) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if x is None:
-        raise ValueError(f"{name} is required, got None")
+        raise InvalidArgumentError(f"{name} is required, got None")
     try:
         array = np.asarray(x)
     except Exception as error:  # pragma: no cover - exotic inputs
-        raise ValueError(f"{name} must be a tensor or an array, got {type(x).__name__}") from error
+        raise InvalidArgumentError(
+            f"{name} must be a tensor or an array, got {type(x).__name__}"
+        ) from error
     if array.dtype == object:
-        raise ValueError(f"{name} must be a numeric tensor or array, got dtype object")
+        raise InvalidArgumentError(f"{name} must be a numeric tensor or array, got dtype object")
     return torch.as_tensor(array)
 
 
@@ -69,22 +73,22 @@ def as_tensor(
     expected_ndim = len(trailing) + (1 if batched else 0)
     expected = shape_str(trailing) if batched else str(trailing)
     if not (t.is_floating_point()):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name} must have a floating-point dtype, got {t.dtype} (expected shape {expected})"
         )
     if t.dim() != expected_ndim:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"expected {name} of shape {expected} ({expected_ndim} dims), "
             f"got {tuple(t.shape)} ({t.dim()} dims)"
         )
     got = tuple(t.shape[t.dim() - len(trailing) :])
     if got != trailing:
         if len(trailing) == 1:
-            raise ValueError(f"expected {name}.shape[-1] == {trailing[0]}, got {got[0]}")
-        raise ValueError(f"expected {name} of shape {expected}, got {tuple(t.shape)}")
+            raise InvalidArgumentError(f"expected {name}.shape[-1] == {trailing[0]}, got {got[0]}")
+        raise InvalidArgumentError(f"expected {name} of shape {expected}, got {tuple(t.shape)}")
     t = t.to(dtype=dtype, device=device)
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+        raise InvalidArgumentError(f"{name} contains non-finite values (NaN or inf)")
     return t
 
 
@@ -117,10 +121,12 @@ def check_context(
     """
     if context_dim == 0:
         if context is not None:
-            raise ValueError("this model is unconditional (context_dim == 0) but got a context")
+            raise InvalidArgumentError(
+                "this model is unconditional (context_dim == 0) but got a context"
+            )
         return None
     if context is None:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"this model is conditional: expected context of shape (B, {context_dim}), got None"
         )
     t = _to_tensor(context, "context")
@@ -129,7 +135,7 @@ def check_context(
         return t.expand(batch_size if batch_size is not None else 1, context_dim)
     t = as_tensor(t, "context", (context_dim,), dtype=dtype, device=device)
     if batch_size is not None and t.shape[0] != batch_size:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"expected context of shape ({batch_size}, {context_dim}) to match the batch, "
             f"got {tuple(t.shape)}"
         )
@@ -139,5 +145,5 @@ def check_context(
 def check_num_samples(num: Any) -> int:
     """Checks a number of samples: a non-negative integer."""
     if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 0:
-        raise ValueError(f"expected num to be a non-negative integer, got {num!r}")
+        raise InvalidArgumentError(f"expected num to be a non-negative integer, got {num!r}")
     return int(num)

@@ -7,9 +7,11 @@ with sigma = 10, beta = 8/3, rho = 28. ``num_trajectories`` initial states ``1 +
 and absolute tolerance 1e-9) from t = 0 to ``t_max``; ``steps`` equally spaced states from
 ``warmup`` to ``t_max`` are kept and standardised with fixed means and standard deviations.
 All trajectories are integrated together as one vectorised system, in time chunks to bound
-memory, and cached on disk (float32, written atomically) under the data directory with a key
-that includes every option. Data points are states picked at random: splits use disjoint sets of
-stored time steps (step index modulo 10: 0-7 train, 8 val, 9 test).
+memory, and cached on disk (float32, written atomically) under the data directory with a key that
+includes every option; a SHA-256 checksum stored next to the cache is checked when the cache is
+opened, and a garbled, truncated or unverifiable cache is rebuilt (with a warning). Data points are
+states picked at random: splits use disjoint sets of stored time steps (step index modulo 10: 0-7
+train, 8 val, 9 test).
 
 The attractor has no tractable density (``log_density`` raises ``NotImplementedError``) and no
 closed-form distance. ``distance_to_manifold`` and ``project_to_manifold`` therefore use the
@@ -27,10 +29,12 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write
 from .base import SPLITS, Batch, SeedLike, SimulatedDataset, as_rng, split_rng
 from .download import dataset_dir, publish
 
@@ -126,6 +130,13 @@ class Lorenz(SimulatedDataset):
         if self._trajectories is None:
             path = self.cache_path
             shape = (self.options["num_trajectories"], self.options["steps"], 3)
+            if self.cache and path.is_file() and not _cache_is_valid(path, shape):
+                warnings.warn(
+                    f"lorenz: the cache {path} is damaged or unverified; rebuilding it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                _remove_cache(path)
             if self.cache and not path.is_file():
                 announce_cache(path, shape, self.progress)
                 _integrate_to_file(self._integrate, path, shape)
@@ -278,13 +289,45 @@ def _integrate_to_file(integrate, path: Path, shape: tuple[int, int, int]) -> No
         integrate(out)
         out.flush()
         del out
+        digest = _sha256(tmp)
+        _checksum_path(path).unlink(missing_ok=True)
         publish(tmp, path)
+        atomic_write(_checksum_path(path), digest + "\n")
     except BaseException:
         try:
             os.remove(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_is_valid(path: Path, shape: tuple[int, int, int]) -> bool:
+    """Whether the cache matches its stored checksum and holds a float32 array of ``shape``."""
+    try:
+        expected = _checksum_path(path).read_text().strip()
+        if expected != _sha256(path):
+            return False
+        array = np.load(path, mmap_mode="r")
+        return array.shape == shape and array.dtype == np.float32
+    except (OSError, ValueError):
+        return False
+
+
+def _remove_cache(path: Path) -> None:
+    for p in (path, _checksum_path(path)):
+        p.unlink(missing_ok=True)
 
 
 assert set(_SPLIT_RESIDUES) == set(SPLITS)

@@ -1,4 +1,6 @@
-r"""Posterior inference over the parameters theta and its scores (SPEC §7).
+r"""Posterior inference over the parameters theta and its scores.
+
+The protocol is described in docs/theory.md, "Evaluation protocol".
 
 Observed data :math:`x_1..x_N` (20 i.i.d. points at theta* in the paper) give the unnormalised
 log posterior
@@ -272,15 +274,29 @@ def posterior_mmd(
     true_samples: Any,
     bandwidth: float | None = None,
     *,
+    unbiased: bool = True,
     squared: bool = True,
 ) -> float:
     """MMD between model and true posterior samples, as scored in the paper.
 
-    The Gaussian kernel's bandwidth is the median pairwise distance of the *true* posterior
-    samples unless given; the biased squared MMD is returned by default (the paper's code).
+    The paper's metric: the unbiased (U-statistic) squared MMD with a Gaussian kernel whose
+    bandwidth is the median distance over all pairs of the *true* posterior samples
+    (docs/theory.md, "Evaluation protocol"; :func:`mflows.evaluation.mmd.mmd`). It can be
+    slightly negative when the two posteriors agree.
+
+    Args:
+        model_samples: Samples of the model posterior, ``(S, p)``.
+        true_samples: Samples of the true posterior, ``(S', p)``.
+        bandwidth: Kernel width; ``None`` for the median heuristic on ``true_samples``.
+        unbiased: ``False`` gives the biased V-statistic (clipped at 0) instead.
+        squared: Return MMD^2 (default) or sqrt(max(MMD^2, 0)).
     """
     return mmd(
-        model_samples, true_samples, "y" if bandwidth is None else bandwidth, squared=squared
+        model_samples,
+        true_samples,
+        "y" if bandwidth is None else bandwidth,
+        unbiased=unbiased,
+        squared=squared,
     )
 
 

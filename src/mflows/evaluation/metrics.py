@@ -1,4 +1,6 @@
-"""Sample, manifold, density and out-of-distribution metrics (SPEC §7).
+"""Sample, manifold, density and out-of-distribution metrics.
+
+The scoring protocol is described in docs/theory.md, "Evaluation protocol".
 
 All functions take NumPy arrays or tensors and return floats or NumPy arrays (float64). The
 distance and reconstruction metrics are clipped at ``clip`` (10 by default) before averaging, as
@@ -68,7 +70,7 @@ def manifold_distance(
     dataset: Any | Callable[[np.ndarray], Any],
     clip: float | None = 10.0,
 ) -> float:
-    r"""Mean clipped distance of generated samples from the true manifold (SPEC §7).
+    r"""Mean clipped distance of generated samples from the true manifold.
 
     .. math:: \frac{1}{N} \sum_i \min(\mathrm{dist}(x_i, M^*), \mathrm{clip})
 
@@ -177,7 +179,7 @@ def ood_auc(
     recon_in: Any | None = None,
     recon_out: Any | None = None,
 ) -> dict[str, float]:
-    """OOD detection AUC as scored in the paper (SPEC §7).
+    """OOD detection AUC as scored in the paper (docs/theory.md, "Evaluation protocol").
 
     Two detectors: the negative log-likelihood (low likelihood = OOD) and the reconstruction
     error (large error = OOD). Manifold models (M-flow, M_e-flow, PAE, PIE's projection) pass

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,20 @@ from torch import Tensor, nn
 
 from mflows import registry
 from mflows.distributions import normal_log_prob
+from mflows.errors import InvalidArgumentError
+from mflows.files import atomic_torch_save
 from mflows.validation import as_tensor, check_context, check_num_samples
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Model"]
+__all__ = ["DEFAULT_BATCH_CHUNK_SIZE", "EXTREME_INPUT", "FORMAT_NAME", "FORMAT_VERSION", "Model"]
 
 FORMAT_NAME = "mflows-model"
 FORMAT_VERSION = 1
+
+#: inputs above this magnitude that make a model's output non-finite are refused (not NaN).
+EXTREME_INPUT = 1e6
+
+#: default :attr:`Model.batch_chunk_size`: a few tens of MB of intermediates for tabular data.
+DEFAULT_BATCH_CHUNK_SIZE = 4096
 
 
 class Model(nn.Module):
@@ -85,6 +94,9 @@ class Model(nn.Module):
         #: options of :func:`mflows.jacobians.decoder_logdet` used by ``log_prob``.
         self.jacobian_options: dict[str, Any] = {"chunk_size": None, "mode": "auto"}
         self.logdet_method = "cholesky"
+        #: the public methods process at most this many samples at once (``None``: no limit),
+        #: so that peak memory does not grow with the batch; results do not depend on it.
+        self.batch_chunk_size: int | None = DEFAULT_BATCH_CHUNK_SIZE
         # Carries dtype and device for models without parameters (e.g. FOM with identity h).
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
@@ -119,6 +131,51 @@ class Model(nn.Module):
     def _unflatten(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], *self.data_shape)
 
+    def _checked(
+        self, method: str, out: Tensor, inputs: Tensor | None, log_density: bool = False
+    ) -> Tensor:
+        """Refuses non-finite outputs caused by inputs of extreme magnitude.
+
+        Where ``out`` is NaN or infinite (a log density may be -inf: a density that underflows)
+        and the samples concerned have an input entry above :data:`EXTREME_INPUT` in absolute
+        value, the inputs are outside what the model can evaluate in its dtype: raise. Other
+        non-finite outputs come from the model itself (e.g. a diverged training) and are
+        returned as they are, so that the trainer can report the divergence.
+        """
+        finite = torch.isfinite(out)
+        if log_density:
+            finite = finite | (out == -torch.inf)
+        if inputs is None or out.dim() == 0 or bool(finite.all()):
+            return out
+        bad_rows = ~finite.reshape(out.shape[0], -1).all(-1)
+        magnitude = inputs.reshape(inputs.shape[0], -1).abs().amax(-1)
+        extreme = bad_rows & (magnitude > EXTREME_INPUT)
+        if not bool(extreme.any()):
+            return out
+        raise InvalidArgumentError(
+            f"{method} cannot evaluate {int(extreme.sum())} of {out.shape[0]} samples: their "
+            f"entries (up to |{float(magnitude[extreme].max()):.3g}|) are far outside the range "
+            f"of standardised data and overflow this {str(self.dtype).replace('torch.', '')} "
+            "model; rescale the data"
+        )
+
+    def _chunked(
+        self, fn: Callable[[Tensor, Tensor | None], Tensor], data: Tensor, context: Tensor | None
+    ) -> Tensor:
+        """``fn(data, context)`` evaluated on chunks of :attr:`batch_chunk_size` samples."""
+        size = self.batch_chunk_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise InvalidArgumentError(
+                f"expected batch_chunk_size a positive integer or None, got {size!r}"
+            )
+        if size is None or data.shape[0] <= size:
+            return fn(data, context)
+        parts = [
+            fn(data[i : i + size], None if context is None else context[i : i + size])
+            for i in range(0, data.shape[0], size)
+        ]
+        return torch.cat(parts)
+
     # ------------------------------------------------------------ public API
     def encode(self, x: Any, context: Any = None) -> Tensor:
         """Manifold coordinates u = g^-1(x).
@@ -131,7 +188,8 @@ class Model(nn.Module):
             ``(B, latent_dim)``.
         """
         x = self._check_x(x)
-        return self._encode(x, self._check_context(context, x.shape[0]))
+        u = self._chunked(self._encode, x, self._check_context(context, x.shape[0]))
+        return self._checked("encode", u, x)
 
     def decode(self, u: Any, context: Any = None) -> Tensor:
         """Points on the manifold x = g(u).
@@ -144,13 +202,15 @@ class Model(nn.Module):
             ``(B, *data_dim)``.
         """
         u = self._check_u(u)
-        return self._unflatten(self._decode(u, self._check_context(context, u.shape[0])))
+        context = self._check_context(context, u.shape[0])
+        return self._unflatten(self._checked("decode", self._chunked(self._decode, u, context), u))
 
     def project(self, x: Any, context: Any = None) -> Tensor:
         """Projection onto the manifold x' = g(g^-1(x)); ``(B, *data_dim) -> (B, *data_dim)``."""
         x = self._check_x(x)
         context = self._check_context(context, x.shape[0])
-        return self._unflatten(self._project(x, context))
+        x_proj = self._chunked(self._project, x, context)
+        return self._unflatten(self._checked("project", x_proj, x))
 
     def log_prob(self, x: Any, context: Any = None) -> Tensor:
         """Exact log density of x (manifold models: of its projection onto the manifold).
@@ -163,7 +223,8 @@ class Model(nn.Module):
             ``(B,)``.
         """
         x = self._check_x(x)
-        return self._log_prob(x, self._check_context(context, x.shape[0]))
+        logp = self._chunked(self._log_prob, x, self._check_context(context, x.shape[0]))
+        return self._checked("log_prob", logp, x, log_density=True)
 
     def latent_log_prob(self, u: Any, context: Any = None) -> Tensor:
         """log p_u(u) = log N(h^-1(u)) + log |det J_h^-1(u)| through the inner flow h.
@@ -176,7 +237,9 @@ class Model(nn.Module):
             ``(B,)``.
         """
         u = self._check_u(u)
-        return self._latent_log_prob(u, self._check_context(context, u.shape[0]))
+        context = self._check_context(context, u.shape[0])
+        logp = self._chunked(self._latent_log_prob, u, context)
+        return self._checked("latent_log_prob", logp, u, log_density=True)
 
     def sample(
         self, num: int, context: Any = None, *, generator: torch.Generator | None = None
@@ -195,7 +258,9 @@ class Model(nn.Module):
         num = check_num_samples(num)
         context = self._check_context(context, num, allow_single=True)
         u = self._sample_latent(num, context, generator)
-        return self._unflatten(self._decode(u, context))
+        return self._unflatten(
+            self._checked("sample", self._chunked(self._decode, u, context), context)
+        )
 
     def manifold_parameters(self) -> list[nn.Parameter]:
         """Parameters of the manifold (outer flow f, encoders, decoders)."""
@@ -208,9 +273,13 @@ class Model(nn.Module):
         return list(self.inner.parameters())
 
     def save(self, path: str | Path) -> None:
-        """Writes ``config`` and ``state_dict`` to ``path`` (read back by :func:`load`)."""
+        """Writes ``config`` and ``state_dict`` to ``path`` (read back by :func:`load`).
+
+        The file is written atomically (a temporary file renamed over ``path``): an interrupted
+        save leaves any previous file at ``path`` intact.
+        """
         if self.config is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "this model was assembled by hand (config is None); build it with "
                 "mflows.make_model to save it, or save its state_dict yourself"
             )
@@ -222,7 +291,7 @@ class Model(nn.Module):
             "dtype": str(self.dtype).replace("torch.", ""),
             "state_dict": state,
         }
-        torch.save(payload, Path(path))
+        atomic_torch_save(payload, Path(path))
 
     def extra_repr(self) -> str:
         return (
@@ -250,7 +319,7 @@ class Model(nn.Module):
         inner = getattr(self, "inner", None)
         if inner is None:
             return z
-        return inner.inverse(z, context)[0]
+        return self._chunked(lambda zi, ci: inner.inverse(zi, ci)[0], z, context)
 
     def _encode(self, x: Tensor, context: Tensor | None) -> Tensor:
         raise NotImplementedError

@@ -11,8 +11,10 @@ inner_layers               5           coupling layers of the inner flow h (0: i
 hidden_features            100         units of the conditioner residual MLPs
 num_blocks                 2           residual blocks of the conditioners
 num_bins                   8           bins of the rational-quadratic splines
-tail_bound                 3.0         splines are linear outside [-B, B]
+tail_bound                 3.0         splines are linear outside [-B, B]; 1e-6 <= B <= 1e4
 linear                     permutation ``"permutation"``, ``"lu"`` or ``"none"`` between couplings
+                           (pie, mflow, (f and h)
+                           emflow: lu)
 coupling                   spline      ``"spline"`` or ``"affine"``
 conditional_outer          pie: True   context also enters f (and e for emflow); af always
                            else False
@@ -41,11 +43,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from mflows.errors import CheckpointError, InvalidArgumentError
 from mflows.models.ambient import AmbientFlow
-from mflows.models.base import FORMAT_NAME, Model
+from mflows.models.base import FORMAT_NAME, FORMAT_VERSION, Model
 from mflows.models.emflow import EMFlow
 from mflows.models.mflow import FOM, MFlow
 from mflows.models.pae import PAE
@@ -73,9 +77,18 @@ _DECODER = {"decoder_hidden_features": 100, "decoder_num_blocks": 5}
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "af": {**_FLOW, **_OUTER, "outer_layers": 10},
     "fom": {**_FLOW, **_INNER, "chart": "sphere"},
-    "pie": {**_FLOW, **_OUTER, **_INNER, "conditional_outer": True, "pie_epsilon": 0.01},
-    "mflow": {**_FLOW, **_OUTER, **_INNER, "conditional_outer": False},
-    "emflow": {**_FLOW, **_OUTER, **_INNER, **_ENCODER, "conditional_outer": False},
+    # the outer flow of the manifold models needs LU layers to rotate its manifold (and fit's
+    # data-aware initialisation starts it at the PCA plane through the first of them).
+    "pie": {
+        **_FLOW,
+        **_OUTER,
+        **_INNER,
+        "conditional_outer": True,
+        "pie_epsilon": 0.01,
+        "linear": "lu",
+    },
+    "mflow": {**_FLOW, **_OUTER, **_INNER, "conditional_outer": False, "linear": "lu"},
+    "emflow": {**_FLOW, **_OUTER, **_INNER, **_ENCODER, "conditional_outer": False, "linear": "lu"},
     "pae": {**_FLOW, **_INNER, **_ENCODER, **_DECODER},
 }
 
@@ -90,8 +103,10 @@ def default_architecture(kind: str) -> dict[str, Any]:
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise InvalidArgumentError(
+            f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}"
+        )
 
 
 @contextlib.contextmanager
@@ -168,19 +183,87 @@ def _mlp(
     )
 
 
+#: integer options and their smallest allowed value.
+_INT_MINIMUM = {
+    "outer_layers": 1,
+    "inner_layers": 0,
+    "hidden_features": 1,
+    "num_blocks": 1,
+    "num_bins": 1,
+    "encoder_hidden_features": 1,
+    "encoder_num_blocks": 1,
+    "decoder_hidden_features": 1,
+    "decoder_num_blocks": 1,
+    "levels": 1,
+    "steps_per_level": 1,
+}
+
+#: positive real options.
+_POSITIVE_FLOATS = ("tail_bound", "pie_epsilon")
+
+#: tail bounds the splines evaluate reliably in float32.
+_TAIL_BOUND_RANGE = (1e-6, 1e4)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; bools and floats (even 3.0) are refused."""
+    if not _is_int(value) or value < minimum:
+        raise InvalidArgumentError(f"expected {name} an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_positive_float(name: str, value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise InvalidArgumentError(f"expected {name} a number > 0 and finite, got {value!r}")
+    if not (math.isfinite(float(value)) and float(value) > 0):
+        raise InvalidArgumentError(f"expected {name} > 0 and finite, got {float(value)}")
+    return float(value)
+
+
 def _resolve(kind: str, architecture: dict[str, Any]) -> dict[str, Any]:
     arch = default_architecture(kind)
     unknown = sorted(set(architecture) - set(arch))
     if unknown:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"unknown architecture option(s) {', '.join(map(repr, unknown))} for kind {kind!r}; "
             f"valid options: {', '.join(ARCHITECTURE_KEYS[kind])}"
         )
     arch.update(architecture)
+    for name, minimum in _INT_MINIMUM.items():
+        if name in arch:
+            arch[name] = _check_int(name, arch[name], minimum)
+    for name in _POSITIVE_FLOATS:
+        if name in arch:
+            arch[name] = _check_positive_float(name, arch[name])
+    low, high = _TAIL_BOUND_RANGE
+    if not low <= arch["tail_bound"] <= high:
+        raise InvalidArgumentError(
+            f"expected {low:g} <= tail_bound <= {high:g} (the splines act on [-tail_bound, "
+            f"tail_bound] of standardised data; beyond this range they overflow in float32), "
+            f"got {arch['tail_bound']:g}"
+        )
+    if arch["seed"] is not None:
+        arch["seed"] = _check_int("seed", arch["seed"], 0)
+    if "conditional_outer" in arch and not isinstance(arch["conditional_outer"], (bool, np.bool_)):
+        raise InvalidArgumentError(
+            f"expected conditional_outer True or False, got {arch['conditional_outer']!r}"
+        )
+    if "image_options" in arch and not isinstance(arch["image_options"], dict):
+        raise InvalidArgumentError(
+            f"expected image_options a dict, got {type(arch['image_options']).__name__}"
+        )
     if arch["linear"] not in ("permutation", "lu", "none"):
-        raise ValueError(f"linear must be 'permutation', 'lu' or 'none', got {arch['linear']!r}")
+        raise InvalidArgumentError(
+            f"linear must be 'permutation', 'lu' or 'none', got {arch['linear']!r}"
+        )
     if arch["coupling"] not in ("spline", "affine"):
-        raise ValueError(f"coupling must be 'spline' or 'affine', got {arch['coupling']!r}")
+        raise InvalidArgumentError(
+            f"coupling must be 'spline' or 'affine', got {arch['coupling']!r}"
+        )
     return arch
 
 
@@ -196,7 +279,7 @@ def make_model(
     Args:
         kind: ``"af"``, ``"fom"``, ``"pie"``, ``"mflow"``, ``"emflow"`` or ``"pae"``.
         data_dim: d, or an image shape ``(C, H, W)`` (af, pie, mflow, emflow, pae).
-        latent_dim: manifold dimension n (ignored by ``af``, whose latent dimension is d).
+        latent_dim: manifold dimension n; for ``af`` ``None`` or d (its latent space is R^d).
         context_dim: dimension of the conditioning variable theta (0: unconditional).
         **architecture: options listed in the module docstring; unknown keys raise.
 
@@ -204,43 +287,51 @@ def make_model(
         The model, with ``config`` set so that :meth:`Model.save` / :func:`load` round-trip.
 
     Raises:
-        ValueError: unknown kind or option, or inconsistent dimensions.
+        InvalidArgumentError: (a ``ValueError``) unknown kind or option, an option out of its
+            range (non-integer sizes, ``tail_bound`` or ``pie_epsilon`` not positive and
+            finite, ...), or inconsistent dimensions (``latent_dim != data_dim`` for ``af``).
     """
     _check_kind(kind)
     arch = _resolve(kind, architecture)
-    if isinstance(data_dim, (list, tuple)):
-        data_shape = tuple(int(s) for s in data_dim)
-        if len(data_shape) not in (1, 3) or min(data_shape) < 1:
-            raise ValueError(f"data_dim must be an int d or (C, H, W), got {data_dim!r}")
-    else:
-        data_shape = (int(data_dim),)
+    sizes = data_dim if isinstance(data_dim, (list, tuple)) else (data_dim,)
+    if len(sizes) not in (1, 3) or not all(_is_int(v) and v >= 1 for v in sizes):
+        raise InvalidArgumentError(
+            f"expected data_dim a positive integer d or a shape (C, H, W), got {data_dim!r}"
+        )
+    data_shape = tuple(int(v) for v in sizes)
     data_size = math.prod(data_shape)
     image = len(data_shape) == 3
     model_data_dim: int | tuple[int, ...] = data_shape if image else data_shape[0]
-    if context_dim < 0:
-        raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+    context_dim = _check_int("context_dim", context_dim, 0)
     if kind == "af":
+        if latent_dim is not None and (not _is_int(latent_dim) or latent_dim != data_size):
+            raise InvalidArgumentError(
+                f"an ambient flow has latent_dim == data_dim == {data_size}; got "
+                f"latent_dim={latent_dim!r} (pass None or {data_size})"
+            )
         latent_dim = data_size
-    elif latent_dim is None or not 0 < int(latent_dim) <= data_size:
-        raise ValueError(f"expected 0 < latent_dim <= {data_size} for {kind!r}, got {latent_dim}")
+    elif latent_dim is None or not _is_int(latent_dim) or not 0 < latent_dim <= data_size:
+        raise InvalidArgumentError(
+            f"expected an integer 0 < latent_dim <= {data_size} for {kind!r}, got {latent_dim!r}"
+        )
     latent_dim = int(latent_dim)
 
     chart = arch.get("chart")
     config_arch = dict(arch)
     if kind == "fom":
         if image:
-            raise ValueError("fom needs vector data (data_dim an int)")
+            raise InvalidArgumentError("fom needs vector data (data_dim an int)")
         if chart in ("sphere", "sphere-angles"):
             from mflows.embeddings import SphereChart
 
             if data_size < latent_dim + 1:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"the sphere chart needs data_dim >= latent_dim + 1, got d={data_size}, "
                     f"n={latent_dim}"
                 )
             chart = SphereChart(latent_dim, data_size, unbounded=chart == "sphere")
         elif isinstance(chart, str):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"unknown chart {chart!r}; use 'sphere', 'sphere-angles' or pass a chart object"
             )
         else:
@@ -298,6 +389,35 @@ def make_model(
         )
 
 
+def _read_model_file(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """The checked payload of a model file, or :class:`CheckpointError` saying what to do."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many kinds for damaged files
+        raise CheckpointError(
+            f"{path} is not a readable mflows model file (truncated, corrupt or not written by "
+            f"Model.save: {type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            "delete it and save or train the model again"
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise CheckpointError(
+            f"{path} is a torch file but not an mflows model file (no format {FORMAT_NAME!r}); "
+            "load it with torch.load, or save the model with Model.save"
+        )
+    version = payload.get("version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has model file format version {version!r}; this mflows reads version "
+            f"{FORMAT_VERSION}: load it with the mflows release that wrote it, or retrain"
+        )
+    missing = [k for k in ("config", "state_dict") if not isinstance(payload.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"{path} is damaged: missing {', '.join(missing)}; retrain")
+    return payload
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu", chart: Any = None) -> Model:
     """Loads a model written by :meth:`Model.save`.
 
@@ -311,27 +431,37 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", chart: Any 
 
     Returns:
         The model in eval mode, with the saved dtype and parameters.
+
+    Raises:
+        CheckpointError: the file is missing, not a torch file, truncated or corrupt, not an
+            mflows model, or of another format version.
     """
-    payload = torch.load(Path(path), map_location=map_location, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path} is not an mflows model file")
+    payload = _read_model_file(Path(path), map_location)
     config = payload["config"]
-    architecture = dict(config["architecture"])
+    architecture = dict(config.get("architecture") or {})
     if isinstance(architecture.get("chart"), str) and architecture["chart"].startswith("custom:"):
         if chart is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{path} holds a FOM with a custom chart ({architecture['chart'][7:]}); "
                 "pass the chart object: load(path, chart=...)"
             )
         architecture["chart"] = chart
-    model = make_model(
-        config["kind"],
-        config["data_dim"],
-        config["latent_dim"],
-        config["context_dim"],
-        **architecture,
-    )
-    dtype = getattr(torch, payload.get("dtype", "float32"))
-    model = model.to(dtype=dtype, device=map_location)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model = make_model(
+            config["kind"],
+            config["data_dim"],
+            config["latent_dim"],
+            config["context_dim"],
+            **architecture,
+        )
+        dtype = getattr(torch, str(payload.get("dtype", "float32")))
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"unknown dtype {payload.get('dtype')!r}")
+        model = model.to(dtype=dtype, device=map_location)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is damaged: its configuration or weights do not rebuild a model "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); retrain or re-save"
+        ) from error
     return model.eval()

@@ -21,12 +21,26 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mflows.embeddings import pad, project
+from mflows.embeddings import pad, unpad
+from mflows.errors import InvalidArgumentError
 from mflows.jacobians import decoder_logdet
 from mflows.models.base import Model
 from mflows.transforms.base import Transform
 
 __all__ = ["FOM", "MFlow", "ManifoldFlowBase"]
+
+
+def _volume_logdet(model: Model, decode: Any, u: Tensor, context: Tensor | None) -> Tensor:
+    """log det(J^T J) of ``decode`` at u with the model's Jacobian options."""
+    return decoder_logdet(
+        decode,
+        u,
+        context,
+        chunk_size=model.jacobian_options.get("chunk_size"),
+        mode=model.jacobian_options.get("mode", "auto"),
+        method=model.logdet_method,
+        out_features=model.data_size,
+    )
 
 
 class ManifoldFlowBase(Model):
@@ -54,7 +68,7 @@ class ManifoldFlowBase(Model):
     ):
         super().__init__(data_dim, latent_dim, context_dim, config)
         if not 0 < self.latent_dim <= self.data_size:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"expected 0 < latent_dim <= {self.data_size}, got latent_dim={latent_dim}"
             )
         self.outer = outer
@@ -66,7 +80,7 @@ class ManifoldFlowBase(Model):
 
     def _encode(self, x: Tensor, context: Tensor | None) -> Tensor:
         z, _ = self.outer(x, self._outer_context(context))
-        return project(z, self.latent_dim)
+        return unpad(z, self.latent_dim)
 
     def _decode(self, u: Tensor, context: Tensor | None) -> Tensor:
         x, _ = self.outer.inverse(pad(u, self.data_size), self._outer_context(context))
@@ -74,15 +88,7 @@ class ManifoldFlowBase(Model):
 
     def _manifold_log_prob(self, u: Tensor, context: Tensor | None) -> Tensor:
         """log p_u(u) - 1/2 log det(J_g^T J_g) at u (``(B, n) -> (B,)``)."""
-        logdet = decoder_logdet(
-            self._decode,
-            u,
-            self._outer_context(context),
-            chunk_size=self.jacobian_options.get("chunk_size"),
-            mode=self.jacobian_options.get("mode", "auto"),
-            method=self.logdet_method,
-            out_features=self.data_size,
-        )
+        logdet = _volume_logdet(self, self._decode, u, self._outer_context(context))
         return self._latent_log_prob(u, context) - 0.5 * logdet
 
     def manifold_parameters(self) -> list[nn.Parameter]:
@@ -130,7 +136,9 @@ class FOM(Model):
         super().__init__(data_dim, latent_dim, context_dim, config)
         for attribute in ("encode", "decode"):
             if not callable(getattr(chart, attribute, None)):
-                raise ValueError(f"chart must have a callable {attribute}(); got {chart!r}")
+                raise InvalidArgumentError(
+                    f"chart must have a callable {attribute}(); got {chart!r}"
+                )
         self.chart = chart
         self.inner = inner
 
@@ -142,15 +150,7 @@ class FOM(Model):
 
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
         u = self._encode(x, context)
-        logdet = decoder_logdet(
-            lambda ui, _: self.chart.decode(ui),
-            u,
-            None,
-            chunk_size=self.jacobian_options.get("chunk_size"),
-            mode=self.jacobian_options.get("mode", "auto"),
-            method=self.logdet_method,
-            out_features=self.data_size,
-        )
+        logdet = _volume_logdet(self, lambda ui, _: self.chart.decode(ui), u, None)
         return self._latent_log_prob(u, context) - 0.5 * logdet
 
     def manifold_parameters(self) -> list[nn.Parameter]:

@@ -23,6 +23,7 @@ from typing import Any
 from torch import Tensor
 
 from mflows.distributions import normal_log_prob
+from mflows.errors import InvalidArgumentError
 from mflows.models.mflow import ManifoldFlowBase
 from mflows.transforms.base import Transform
 
@@ -58,7 +59,7 @@ class PIE(ManifoldFlowBase):
     ):
         super().__init__(outer, inner, data_dim, latent_dim, context_dim, conditional_outer, config)
         if epsilon <= 0:
-            raise ValueError(f"epsilon must be positive, got {epsilon}")
+            raise InvalidArgumentError(f"epsilon must be positive, got {epsilon}")
         self.epsilon = float(epsilon)
 
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
@@ -78,4 +79,7 @@ class PIE(ManifoldFlowBase):
         """
         x = self._check_x(x)
         context = self._check_context(context, x.shape[0])
-        return self._manifold_log_prob(self._encode(x, context), context)
+        logp = self._chunked(
+            lambda xi, ci: self._manifold_log_prob(self._encode(xi, ci), ci), x, context
+        )
+        return self._checked("log_prob_manifold", logp, x, log_density=True)

@@ -4,7 +4,8 @@ A :class:`Phase` says which parameters train (``"manifold"``, ``"density"`` or `
 weighted losses. A :class:`Stage` runs one or more phases for a number of epochs: with one phase
 it is plain training; with several it alternates between them every batch or every epoch. A
 :class:`Schedule` is the sequence of stages. The one :class:`~mflows.training.trainer.Trainer`
-runs any schedule; :func:`schedule_for` builds the schedule of each algorithm of SPEC §5:
+runs any schedule; :func:`schedule_for` builds the schedule of each training algorithm (see
+"Training schemes" in docs/theory.md):
 
 =================  ==============================================================
 ``likelihood``     one stage, all parameters, ``nll`` (+ ``mse`` for M-flows)
@@ -35,8 +36,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mflows import registry
+from mflows.errors import InvalidArgumentError
+from mflows.training import defaults
+
 __all__ = [
     "ALGORITHMS",
+    "ALTERNATIONS",
     "LOSS_NAMES",
     "Phase",
     "Schedule",
@@ -45,17 +51,13 @@ __all__ = [
     "schedule_for",
 ]
 
-#: Algorithms understood by :func:`schedule_for`, with the model kinds each one fits.
-ALGORITHMS: dict[str, tuple[str, ...]] = {
-    "likelihood": ("af", "pie", "fom", "mflow", "emflow"),
-    "sequential": ("mflow", "emflow", "pae"),
-    "alternating": ("mflow", "emflow", "pae"),
-    "pae": ("pae",),
-    "ot": ("af", "pie", "fom", "mflow", "emflow", "pae"),
-    "ot-alternating": ("mflow", "emflow", "pae"),
-}
+#: Algorithms understood by :func:`schedule_for`, with the model kinds each one fits (the
+#: registry's table).
+ALGORITHMS: dict[str, tuple[str, ...]] = registry.COMPATIBLE
 
 LOSS_NAMES = ("nll", "mse", "latent_nll", "sinkhorn", "score")
+#: How the phases of a stage alternate: every batch or every epoch.
+ALTERNATIONS = ("batch", "epoch")
 PARAMETER_GROUPS = ("manifold", "density", "all")
 
 
@@ -78,18 +80,20 @@ class Phase:
 
     def __post_init__(self) -> None:
         if self.parameters not in PARAMETER_GROUPS:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Phase {self.name!r}: parameters must be one of {PARAMETER_GROUPS}, "
                 f"got {self.parameters!r}"
             )
         unknown = sorted(set(self.losses) - set(LOSS_NAMES))
         if unknown or not self.losses:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Phase {self.name!r}: losses must be a non-empty mapping with names in "
                 f"{LOSS_NAMES}, got {dict(self.losses)}"
             )
         if "score" in self.losses and not {"nll", "latent_nll"} & set(self.losses):
-            raise ValueError(f"Phase {self.name!r}: the score loss needs nll or latent_nll")
+            raise InvalidArgumentError(
+                f"Phase {self.name!r}: the score loss needs nll or latent_nll"
+            )
         object.__setattr__(self, "losses", {k: float(v) for k, v in self.losses.items()})
 
 
@@ -114,16 +118,18 @@ class Stage:
     def __post_init__(self) -> None:
         object.__setattr__(self, "phases", tuple(self.phases))
         if not self.phases:
-            raise ValueError("a Stage needs at least one phase")
+            raise InvalidArgumentError("a Stage needs at least one phase")
         if int(self.epochs) < 1:
-            raise ValueError(f"a Stage needs epochs >= 1, got {self.epochs}")
-        if self.alternate not in ("batch", "epoch"):
-            raise ValueError(f"alternate must be 'batch' or 'epoch', got {self.alternate!r}")
+            raise InvalidArgumentError(f"a Stage needs epochs >= 1, got {self.epochs}")
+        if self.alternate not in ALTERNATIONS:
+            raise InvalidArgumentError(
+                f"alternate must be 'batch' or 'epoch', got {self.alternate!r}"
+            )
         if self.monitor is not None:
             object.__setattr__(self, "monitor", tuple(self.monitor))
             losses = set(self.weights)
             if not self.monitor or not set(self.monitor) <= losses:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"monitor must name losses of the stage ({', '.join(sorted(losses))}), "
                     f"got {self.monitor!r}"
                 )
@@ -166,7 +172,7 @@ class Schedule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
         if not self.stages:
-            raise ValueError("a Schedule needs at least one stage")
+            raise InvalidArgumentError("a Schedule needs at least one stage")
 
     @property
     def epochs(self) -> int:
@@ -197,23 +203,29 @@ class Schedule:
         }
 
 
-def check_algorithm(algorithm: str, kind: str, *, scandal: bool = False) -> None:
-    """Raises ``ValueError`` if ``algorithm`` is unknown or does not fit the model ``kind``."""
-    if algorithm not in ALGORITHMS:
-        raise ValueError(
-            f"unknown algorithm {algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}"
-        )
-    kinds = ALGORITHMS[algorithm]
-    if kind not in kinds:
-        fits = [a for a, ks in ALGORITHMS.items() if kind in ks]
-        raise ValueError(
-            f"algorithm {algorithm!r} does not fit a model of kind {kind!r} (it needs one of "
-            f"{', '.join(kinds)}); algorithms for {kind!r}: {', '.join(fits)}"
-        )
+def check_algorithm(
+    algorithm: str, kind: str, *, scandal: bool = False, theta_enters_manifold: bool = False
+) -> None:
+    """Raises ``InvalidArgumentError`` if ``algorithm`` is unknown or does not fit ``kind``.
+
+    ``theta_enters_manifold``: whether theta moves the model's manifold (a conditional outer
+    flow or encoder, ``conditional_outer=True``).
+    SCANDAL in a density phase then needs the score of the full density, which that phase does
+    not compute (docs/notes-scandal.md), so the combination is refused.
+    """
+    registry.check_algorithm(algorithm, kind)
     if scandal and algorithm == "ot":
-        raise ValueError(
+        raise InvalidArgumentError(
             "scandal=True needs a likelihood term; algorithm 'ot' has none "
             "(use 'ot-alternating' or 'likelihood')"
+        )
+    if scandal and theta_enters_manifold and algorithm != "likelihood":
+        raise InvalidArgumentError(
+            f"scandal=True with algorithm {algorithm!r} needs a manifold that does not depend on "
+            "theta: its density phase trains d/dtheta log p_u(u | theta) at fixed u = "
+            "g^-1(x), which equals the score d/dtheta log p(x | theta) only when theta does not "
+            "enter the manifold; this model has conditional_outer=True (build it with "
+            "conditional_outer=False, or train it with algorithm 'likelihood')"
         )
 
 
@@ -221,14 +233,16 @@ def schedule_for(
     algorithm: str,
     model: Any,
     *,
-    epochs: int | tuple[int, int] = 50,
-    reconstruction_weight: float = 1.0,
+    epochs: int | tuple[int, int] = defaults.EPOCHS,
+    reconstruction_weight: float = defaults.RECONSTRUCTION_WEIGHT,
     scandal: bool = False,
-    scandal_weight: float = 1.0,
-    alternate: str = "batch",
+    scandal_weight: float = defaults.SCANDAL_WEIGHT,
+    alternate: str = defaults.ALTERNATE,
     lr: float | None = None,
 ) -> Schedule:
     """The schedule of ``algorithm`` for ``model`` (see the module docstring).
+
+    The defaults are those of :func:`mflows.training.fit` (:mod:`mflows.training.defaults`).
 
     Args:
         algorithm: one of :data:`ALGORITHMS`.
@@ -245,15 +259,17 @@ def schedule_for(
         The schedule.
 
     Raises:
-        ValueError: unknown algorithm, or an algorithm that does not fit the model kind.
+        ValueError: unknown algorithm, or an algorithm that does not fit the model kind;
+            (:class:`~mflows.errors.InvalidArgumentError`) epochs that do not fit the scheme.
     """
     kind = getattr(model, "kind", None)
-    check_algorithm(algorithm, kind, scandal=scandal)
+    moves = getattr(model, "theta_enters_manifold", getattr(model, "conditional_outer", False))
+    check_algorithm(algorithm, kind, scandal=scandal, theta_enters_manifold=bool(moves))
     score = {"score": float(scandal_weight)} if scandal else {}
     sequential = algorithm in ("sequential", "pae")
     if isinstance(epochs, (tuple, list)):
         if not sequential or len(epochs) != 2:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "epochs as a pair (manifold_epochs, density_epochs) is only meaningful for "
                 f"'sequential' and 'pae', got {epochs!r} for {algorithm!r}"
             )
@@ -263,20 +279,22 @@ def schedule_for(
         total = int(epochs)
         split = ((total + 1) // 2, total // 2)
     if total < 1 or (sequential and min(split) < 1):
-        raise ValueError(f"expected enough epochs for {algorithm!r}, got {epochs!r}")
+        raise InvalidArgumentError(f"expected enough epochs for {algorithm!r}, got {epochs!r}")
 
     manifold = Phase("manifold", "manifold", {"mse": 1.0}, lr)
     density = Phase("density", "density", {"latent_nll": 1.0, **score}, lr)
     if algorithm == "likelihood":
         losses = {"nll": 1.0, **score}
-        if kind in ("mflow", "emflow"):
+        caps = registry.capabilities(kind)
+        if caps.density_on_manifold and not caps.prescribed_manifold:  # a learned manifold
             losses["mse"] = float(reconstruction_weight)
         stages = (Stage((Phase("likelihood", "all", losses, lr),), total),)
     elif sequential:
         stages = (Stage((manifold,), split[0]), Stage((density,), split[1]))
     elif algorithm == "alternating":
-        # The latent NLL is measured in coordinates that move with the manifold, so it is not
-        # comparable between epochs (SPEC §2): early stopping follows the reconstruction error.
+        # The latent NLL is measured in coordinates that move with the manifold (the density
+        # lives on a chart that changes as the manifold trains), so it is not comparable between
+        # epochs: early stopping follows the reconstruction error.
         stages = (Stage((manifold, density), total, alternate, monitor=("mse",)),)
     elif algorithm == "ot":
         stages = (Stage((Phase("ot", "all", {"sinkhorn": 1.0}, lr),), total),)

@@ -1,26 +1,38 @@
 """The one generic trainer that runs any :class:`~mflows.training.phases.Schedule`.
 
-Behaviour (SPEC §5): Adam or AdamW per phase, cosine-annealed learning rate per phase (stepped
-every batch), gradient clipping, a validation split with early stopping that restores a DEEP COPY
-of the best weights, a tqdm progress bar, per-epoch losses in a :class:`History` (CSV, TensorBoard
-when installed), atomic checkpoints every epoch that let an interrupted run resume to bit-identical
-weights, a :class:`TrainingDivergedError` on non-finite losses, and data-parallel training under
-``torchrun`` (see :mod:`mflows.training.distributed`).
+Behaviour (see "Training schemes" in docs/theory.md): Adam or AdamW per phase, cosine-annealed
+learning rate per phase (stepped every batch), gradient clipping, a validation split with early
+stopping that restores a DEEP COPY of the best weights, a tqdm progress bar, per-epoch losses in a
+:class:`~mflows.training.history.History` (CSV, TensorBoard when installed), atomic checkpoints
+every epoch that let an interrupted run resume to bit-identical weights, a
+:class:`~mflows.errors.TrainingDivergedError` on non-finite losses or gradients, and data-parallel
+training under ``torchrun`` (see :mod:`mflows.training.distributed`).
+
+The loop is split in three levels: :meth:`Trainer.fit` runs the stages, :meth:`Trainer._run_stage`
+the epochs of one stage (optimisers, early stopping, checkpoints, logs) and
+:meth:`Trainer._run_epoch` the batches of one epoch. Everything a resumed run needs is in one
+:class:`~mflows.training.state.TrainState`, which is what a checkpoint stores.
 
 Determinism: the data order of epoch ``k`` is ``randperm`` from a generator seeded with
 ``(seed, k)``, and the global torch RNG (used e.g. by ``model.sample`` in OT phases) is re-seeded
 from ``(seed, k, rank)`` at the start of every epoch inside :func:`torch.random.fork_rng`, so a run
 resumed at epoch ``k`` sees exactly the randomness of an uninterrupted one and the caller's RNG is
 left untouched.
+
+Non-finite guard: every optimiser step computes one flag, "some loss term or the gradient norm is
+not finite", on the device. Where the optimiser is fused (Adam/AdamW on CPU and CUDA) the flag is
+handed to it as ``found_inf``, so a bad step is skipped on the device without waiting for the
+host; the flag is read on the host every step on CPU (where reading costs nothing) and every
+:data:`CHECK_EVERY` steps and at the end of each epoch elsewhere. Either way the weights are never
+updated from a non-finite step, nothing non-finite is checkpointed, and the error names the first
+bad batch.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,80 +41,27 @@ import torch
 from torch import Tensor, nn
 
 from mflows import losses as L
-from mflows.errors import TrainingDivergedError
-from mflows.training import distributed as D
-from mflows.training.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_NAME,
-    load_checkpoint,
-    save_checkpoint,
+from mflows.errors import (
+    CheckpointError,
+    InvalidArgumentError,
+    ResumeMismatchError,
+    TrainingDivergedError,
 )
+from mflows.training import defaults
+from mflows.training import distributed as D
+from mflows.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from mflows.training.fingerprint import describe_difference, model_fingerprint, tensor_fingerprint
+from mflows.training.history import History
+from mflows.training.options import check_optimizer_options
 from mflows.training.phases import Phase, Schedule, Stage
+from mflows.training.state import EarlyStopping, TrainState
 
-__all__ = ["History", "Trainer", "TrainingDivergedError", "compute_losses"]
+__all__ = ["CHECK_EVERY", "History", "Trainer", "TrainingDivergedError", "compute_losses"]
 
+#: Steps between two host reads of the non-finite flag on devices other than the CPU.
+CHECK_EVERY = 32
 
-@dataclass
-class History:
-    """Per-epoch record of a training run.
-
-    Attributes:
-        records: one dict per epoch with ``epoch`` (1-based, global), ``stage``, ``phases``,
-            ``train_loss``, ``val_loss`` (NaN without validation), ``train_<term>`` and
-            ``val_<term>`` for each loss term, ``lr`` (first phase) and ``time`` (seconds).
-        best_epoch: epoch whose weights were kept by early stopping in the last stage (``None``
-            without validation or early stopping). Early stopping minimises ``val_loss``, or
-            ``val_monitor`` (the weighted sum of the stage's ``monitor`` losses) where a stage
-            sets one.
-        wall_time: seconds spent training (summed over resumed sessions).
-    """
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int | None = None
-    wall_time: float = 0.0
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def column(self, name: str) -> list[float]:
-        """Values of one column over the epochs (NaN where an epoch lacks it)."""
-        return [r.get(name, math.nan) for r in self.records]
-
-    @property
-    def train_loss(self) -> list[float]:
-        """Total training loss per epoch."""
-        return self.column("train_loss")
-
-    @property
-    def val_loss(self) -> list[float]:
-        """Total validation loss per epoch."""
-        return self.column("val_loss")
-
-    def to_csv(self, path: str | Path) -> Path:
-        """Writes the records as CSV (one row per epoch, the union of the columns)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        columns: list[str] = []
-        for r in self.records:
-            columns.extend(k for k in r if k not in columns)
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(self.records)
-        return path
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain-data state (stored in checkpoints)."""
-        return {
-            "records": [dict(r) for r in self.records],
-            "best_epoch": self.best_epoch,
-            "wall_time": self.wall_time,
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> History:
-        """Inverse of :meth:`state_dict`."""
-        return cls([dict(r) for r in state["records"]], state["best_epoch"], state["wall_time"])
+Batch = tuple[Tensor, "Tensor | None", "Tensor | None"]
 
 
 def compute_losses(
@@ -140,7 +99,11 @@ def compute_losses(
     if "latent_nll" in weights:
         with torch.no_grad():
             u = model.encode(x, context).detach()
-        latent = model.latent_log_prob(u, ctx)
+        # u comes from the model, not from the validated data: after a bad step it may be
+        # non-finite, which must surface as a non-finite loss (a divergence), not as the input
+        # error of the public ``latent_log_prob``; the flat internal method does not check.
+        latent_log_prob = getattr(model, "_latent_log_prob", model.latent_log_prob)
+        latent = latent_log_prob(u, ctx)
         terms["latent_nll"] = L.negative_log_likelihood(latent)
         if log_prob is None:
             log_prob = latent
@@ -168,7 +131,7 @@ def _phase_parameters(model: nn.Module, phase: Phase) -> list[nn.Parameter]:
                 params.append(p)
     params = [p for p in params if p.requires_grad]
     if not params:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"phase {phase.name!r} trains the {phase.parameters} parameters, but this "
             f"{getattr(model, 'kind', type(model).__name__)} model has none"
         )
@@ -185,8 +148,113 @@ def _copy_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _phase_parameters(model: nn.Module, phase: Phase) -> list[nn.Parameter]:
+    if phase.parameters == "manifold":
+        params = list(model.manifold_parameters())
+    elif phase.parameters == "density":
+        params = list(model.density_parameters())
+    else:
+        seen: set[int] = set()
+        params = []
+        for p in [*model.manifold_parameters(), *model.density_parameters(), *model.parameters()]:
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise InvalidArgumentError(
+            f"phase {phase.name!r} trains the {phase.parameters} parameters, but this "
+            f"{getattr(model, 'kind', type(model).__name__)} model has none"
+        )
+    return params
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    return int(
+        np.random.SeedSequence([int(seed), int(epoch), int(rank), 2003]).generate_state(1)[0]
+    )
+
+
+def _check_interval(device: torch.device) -> int:
+    """Steps between host reads of the non-finite flag: every step on CPU (reading is free)."""
+    return 1 if device.type == "cpu" else CHECK_EVERY
+
+
+def _clip_gradients(params: list[nn.Parameter], clip: float | None) -> Tensor:
+    """Clips the gradient norm to ``clip`` (``None``: no clipping); returns the norm before.
+
+    Uses the multi-tensor (foreach) kernels wherever torch supports them (the default).
+    """
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if clip is None and total_norm is not None:
+        return total_norm([p.grad for p in params if p.grad is not None])
+    return torch.nn.utils.clip_grad_norm_(params, math.inf if clip is None else clip)
+
+
+def _take(data: Batch, idx: Tensor) -> Batch:
+    return tuple(None if t is None else t[idx] for t in data)  # type: ignore[return-value]
+
+
+def _make_optimizer(name: str, params: list[nn.Parameter], lr: float, weight_decay: float):
+    """Adam/AdamW, fused where the device supports it (else the multi-tensor version).
+
+    Returns:
+        ``(optimizer, fused)``.
+    """
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    try:
+        return cls(params, lr=lr, weight_decay=weight_decay, fused=True), True
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        foreach = True if params[0].device.type in ("cpu", "cuda") else None
+        return cls(params, lr=lr, weight_decay=weight_decay, foreach=foreach), False
+
+
+class _EpochLog:
+    """Per-step rows ``(loss terms..., gradient norm)`` of one epoch, kept on the device."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, Phase, list[str], Tensor]] = []
+        self.flags: list[Tensor] = []
+        self.checked = 0
+
+    def add(self, batch: int, phase: Phase, names: list[str], row: Tensor, bad: Tensor) -> None:
+        """Logs one step: ``names`` label ``row``; ``bad`` is its 0-d non-finite flag."""
+        self.rows.append((batch, phase, names, row))
+        self.flags.append(bad)
+
+    def first_bad(self) -> tuple[int, Phase, list[str], list[float]] | None:
+        """The first unchecked non-finite row (one host read), or ``None``; marks all checked."""
+        new = self.rows[self.checked :]
+        self.checked = len(self.rows)
+        if not new:
+            return None
+        pending = self.flags[len(self.rows) - len(new) :]
+        flags = [bool(pending[0])] if len(pending) == 1 else torch.stack(pending).tolist()
+        for (b, phase, names, row), flag in zip(new, flags):
+            if flag:
+                return b, phase, names, row.tolist()
+        return None
+
+    def means(self) -> dict[str, float]:
+        """``train_<term>`` (``train_loss`` for the total) averaged over the batches."""
+        sums: dict[str, float] = {}
+        by_phase: dict[str, tuple[list[str], list[Tensor]]] = {}
+        for _, phase, names, row in self.rows:
+            by_phase.setdefault(phase.name, (names, []))[1].append(row)
+        for names, rows in by_phase.values():
+            total = torch.stack(rows).to(torch.float64).sum(0).tolist()
+            for k, v in zip(names, total):
+                if k != "gradient_norm":
+                    key = "train_loss" if k == "loss" else f"train_{k}"
+                    sums[key] = sums.get(key, 0.0) + v
+        n_batches = len({b for b, *_ in self.rows})
+        return {k: v / max(n_batches, 1) for k, v in sums.items()}
+
+
 class Trainer:
     """Runs a :class:`~mflows.training.phases.Schedule` on a model.
+
+    The defaults are those of :func:`mflows.training.fit` (:mod:`mflows.training.defaults`).
 
     Args:
         model: a model following the mflows protocol (docs/interfaces.md).
@@ -204,6 +272,9 @@ class Trainer:
         log_dir: directory of ``history.csv`` and TensorBoard events (when installed).
         sinkhorn_options: keyword arguments of :func:`mflows.losses.sinkhorn_divergence`.
         callback: called as ``callback(epoch, record)`` after every epoch (after the checkpoint).
+
+    Raises:
+        InvalidArgumentError: an option out of range (see :mod:`mflows.training.options`).
     """
 
     def __init__(
@@ -211,171 +282,126 @@ class Trainer:
         model: nn.Module,
         schedule: Schedule,
         *,
-        batch_size: int = 100,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        optimizer: str = "adamw",
-        clip: float | None = None,
-        early_stopping: bool = True,
+        batch_size: int = defaults.BATCH_SIZE,
+        lr: float = defaults.LR,
+        weight_decay: float = defaults.WEIGHT_DECAY,
+        optimizer: str = defaults.OPTIMIZER,
+        clip: float | None = defaults.CLIP,
+        early_stopping: bool = defaults.EARLY_STOPPING,
         patience: int | None = None,
-        seed: int = 0,
+        seed: int = defaults.SEED,
         progress: bool = True,
         checkpoint_dir: str | Path | None = None,
         log_dir: str | Path | None = None,
         sinkhorn_options: Mapping[str, Any] | None = None,
         callback: Callable[[int, dict[str, Any]], None] | None = None,
     ):
-        if optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
-        if int(batch_size) < 1:
-            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
-        if not (lr > 0):
-            raise ValueError(f"expected lr > 0, got {lr}")
-        if patience is not None and int(patience) < 1:
-            raise ValueError(f"expected patience >= 1 or None, got {patience}")
+        options = check_optimizer_options(
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            clip=clip,
+            patience=patience,
+            seed=seed,
+        )
         self.model = model
         self.schedule = schedule
-        self.batch_size = int(batch_size)
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.optimizer = optimizer
-        self.clip = None if clip is None else float(clip)
+        self.batch_size: int = options["batch_size"]
+        self.lr: float = options["lr"]
+        self.weight_decay: float = options["weight_decay"]
+        self.optimizer: str = options["optimizer"]
+        self.clip: float | None = options["clip"]
         self.early_stopping = bool(early_stopping)
-        self.patience = None if patience is None else int(patience)
-        self.seed = int(seed)
+        self.patience: int | None = options["patience"]
+        self.seed: int = options["seed"]
         self.progress = bool(progress)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.sinkhorn_options = dict(sinkhorn_options or {})
         self.callback = callback
+        self._epoch_info = (0, 0)  # (global epoch, batches) of the epoch running, for errors
+        self._saved_epochs = 0  # epochs recorded in the last checkpoint written or resumed
         for stage in schedule.stages:  # fail early on phases without parameters
             for phase in stage.phases:
                 _phase_parameters(model, phase)
 
-    # ----------------------------------------------------------------------------- helpers
+    # ----------------------------------------------------------------------- run state
     @property
     def checkpoint_path(self) -> Path | None:
         """``checkpoint_dir / "checkpoint.pt"`` or ``None``."""
         return None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
 
-    def _fingerprint(self, n_train: int, n_val: int) -> dict[str, Any]:
+    def fingerprint(self, train: Batch, val: Batch | None) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed: data, model, schedule and options."""
+        names = ("x", "context", "scores")
+        data: dict[str, Any] = {f"train.{k}": tensor_fingerprint(t) for k, t in zip(names, train)}
+        if val is not None:
+            data.update({f"val.{k}": tensor_fingerprint(t) for k, t in zip(names, val)})
         return {
+            "data": data,
+            "model": model_fingerprint(self.model),
             "schedule": self.schedule.describe(),
-            "options": dict(self.schedule.options),
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "optimizer": self.optimizer,
-            "clip": self.clip,
-            "early_stopping": self.early_stopping,
-            "patience": self.patience,
-            "seed": self.seed,
-            "n_train": n_train,
-            "n_val": n_val,
-            "world_size": D.world_size(),
+            "schedule_options": dict(self.schedule.options),
+            "options": {
+                "batch_size": self.batch_size,
+                "lr": self.lr,
+                "weight_decay": self.weight_decay,
+                "optimizer": self.optimizer,
+                "clip": self.clip,
+                "early_stopping": self.early_stopping,
+                "patience": self.patience,
+                "seed": self.seed,
+                "sinkhorn_options": {k: repr(v) for k, v in self.sinkhorn_options.items()},
+                "world_size": D.world_size(),
+            },
         }
 
-    def _make_optimizers(self, stage: Stage, steps_per_epoch: int):
-        optimizers, schedulers = [], []
-        cls = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
-        for i, phase in enumerate(stage.phases):
-            params = _phase_parameters(self.model, phase)
-            lr = self.lr if phase.lr is None else float(phase.lr)
-            opt = cls(params, lr=lr, weight_decay=self.weight_decay)
-            if len(stage.phases) > 1 and stage.alternate == "epoch":
-                epochs = len(range(i, stage.epochs, len(stage.phases)))
-            else:
-                epochs = stage.epochs
-            total_steps = max(1, epochs * steps_per_epoch)
-            schedulers.append(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps))
-            optimizers.append(opt)
-        return optimizers, schedulers
+    def _initial_state(self, train: Batch, val: Batch | None, resume: bool) -> TrainState:
+        fingerprint = self.fingerprint(train, val)
+        path = self.checkpoint_path
+        if not (resume and path is not None and path.exists()):
+            return TrainState(
+                fingerprint=fingerprint, model_config=getattr(self.model, "config", None)
+            )
+        raw = load_checkpoint(path, map_location=model_device(self.model))
+        try:
+            state = TrainState.from_checkpoint(raw)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CheckpointError(
+                f"{path} is an mflows checkpoint with missing or malformed entries ({error!r}); "
+                f"delete {path} (or its directory) to start over, or train with resume=False"
+            ) from None
+        diff = describe_difference(state.fingerprint, fingerprint)
+        if diff:
+            raise ResumeMismatchError(
+                f"cannot resume from {path}: it was written by a different run ("
+                + "; ".join(diff)
+                + "); use another checkpoint directory, delete this one, or pass resume=False"
+            )
+        self.model.load_state_dict(state.model_state)
+        self._saved_epochs = len(state.history.records)
+        return state
 
-    def _step(
-        self,
-        phase: Phase,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        batch: tuple[Tensor, Tensor | None, Tensor | None],
-        where: str,
-    ) -> dict[str, float]:
-        x, context, scores = batch
-        self.model.zero_grad(set_to_none=True)
-        terms = compute_losses(self.model, x, context, scores, phase.losses, self.sinkhorn_options)
-        names = list(terms)
-        values = D.reduce_mean(torch.stack([terms[k].detach() for k in names]), float(len(x)))
-        if not bool(torch.isfinite(values).all()):
-            raise TrainingDivergedError(
-                f"non-finite loss at {where}, phase {phase.name!r}: "
-                + ", ".join(f"{k}={v:.6g}" for k, v in zip(names, values.tolist()))
-                + self._last_good_message()
-            )
-        terms["loss"].backward()
-        params = optimizer.param_groups[0]["params"]
-        D.average_gradients(params)
-        max_norm = math.inf if self.clip is None else self.clip
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if not bool(torch.isfinite(norm)):
-            raise TrainingDivergedError(
-                f"non-finite gradient norm at {where}, phase {phase.name!r} "
-                f"(loss={values[names.index('loss')].item():.6g})" + self._last_good_message()
-            )
-        optimizer.step()
-        scheduler.step()
-        return dict(zip(names, values.tolist()))
+    def _save(self, state: TrainState) -> None:
+        """Writes ``state`` with the current weights (rank 0 only, when checkpointing)."""
+        if self.checkpoint_path is None or not D.is_main_process():
+            return
+        state.model_state = self.model.state_dict()
+        state.rng = torch.get_rng_state()
+        save_checkpoint(state.to_checkpoint(), self.checkpoint_path)
+        self._saved_epochs = len(state.history.records)
 
     def _last_good_message(self) -> str:
         path = self.checkpoint_path
-        if path is not None and path.exists():
-            return f"; the last good checkpoint is {path}"
-        return ""
+        if path is None or not path.exists():
+            return "; no checkpoint was written (pass checkpoint_dir to keep one)"
+        when = self._saved_epochs
+        after = f"after epoch {when}" if when else "written before the first epoch"
+        return f"; the last good checkpoint is {path} ({after})"
 
-    def _validate(self, stage: Stage, data: tuple[Tensor, Tensor | None, Tensor | None]):
-        x, context, scores = data
-        weights = stage.weights
-        sums: dict[str, float] = {}
-        n_local = 0
-        order = torch.arange(len(x), device=x.device)
-        for idx in D.shard_indices(order, self.batch_size):
-            batch = [None if t is None else t[idx] for t in (x, context, scores)]
-            with torch.set_grad_enabled("score" in weights):
-                terms = compute_losses(self.model, *batch, weights, self.sinkhorn_options)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
-            n_local += len(idx)
-        names = sorted(sums)
-        local = torch.tensor(
-            [sums[k] / max(n_local, 1) for k in names], dtype=torch.float64, device=x.device
-        )
-        values = D.reduce_mean(local, float(n_local)).tolist()
-        return dict(zip(names, values))
-
-    def _write_logs(self, history: History, record: dict[str, Any], writer: Any) -> None:
-        for directory in {d for d in (self.log_dir, self.checkpoint_dir) if d is not None}:
-            history.to_csv(directory / "history.csv")
-        if writer is not None:
-            for k, v in record.items():
-                if isinstance(v, float) and math.isfinite(v):
-                    writer.add_scalar(k, v, record["epoch"])
-            writer.flush()
-
-    def _tensorboard(self):
-        if self.log_dir is None or not D.is_main_process():
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional: mflows[tensorboard]
-            return None
-        return SummaryWriter(str(self.log_dir))
-
-    # -------------------------------------------------------------------------------- run
-    def fit(
-        self,
-        train: tuple[Tensor, Tensor | None, Tensor | None],
-        val: tuple[Tensor, Tensor | None, Tensor | None] | None = None,
-        *,
-        resume: bool = False,
-    ) -> History:
+    # ------------------------------------------------------------------------------ run
+    def fit(self, train: Batch, val: Batch | None = None, *, resume: bool = False) -> History:
         """Trains on ``train = (x, context, scores)``, validating on ``val`` (same layout).
 
         Args:
@@ -388,194 +414,245 @@ class Trainer:
 
         Raises:
             TrainingDivergedError: a loss or gradient norm became non-finite.
-            ValueError: the checkpoint to resume was written by a different run configuration.
+            ResumeMismatchError: the checkpoint to resume was written by a different run (other
+                data, model, schedule or options); the message names what differs.
+            CheckpointError: the checkpoint to resume is corrupt or not plain data.
         """
-        model = self.model
-        n_train = len(train[0])
-        n_val = 0 if val is None else len(val[0])
-        fingerprint = self._fingerprint(n_train, n_val)
-        main = D.is_main_process()
-        D.broadcast_parameters(model)
-
-        history = History()
-        start_stage, start_epoch = 0, 0
-        resumed: dict[str, Any] | None = None
-        path = self.checkpoint_path
-        if resume and path is not None and path.exists():
-            resumed = load_checkpoint(path, map_location=model_device(model))
-            if resumed["fingerprint"] != fingerprint:
-                diff = sorted(
-                    k for k in fingerprint if resumed["fingerprint"].get(k) != fingerprint[k]
-                )
-                raise ValueError(
-                    f"cannot resume from {path}: it was written by a run with different "
-                    f"settings ({', '.join(diff)})"
-                )
-            model.load_state_dict(resumed["model_state"])
-            history = History.from_state_dict(resumed["history"])
-            progress = resumed["progress"]
-            if progress["finished"]:
-                return history
-            start_stage, start_epoch = progress["stage"], progress["epoch_in_stage"]
-
-        steps_per_epoch = len(D.shard_indices(torch.arange(n_train), self.batch_size))
+        D.broadcast_parameters(self.model)
+        state = self._initial_state(train, val, resume)
+        if state.finished:
+            return state.history
         writer = self._tensorboard()
-        epoch_offset = sum(s.epochs for s in self.schedule.stages[:start_stage])
-        devices = [model_device(model)] if model_device(model).type == "cuda" else []
+        device = model_device(self.model)
         try:
-            with torch.random.fork_rng(devices=devices):
-                for s in range(start_stage, len(self.schedule.stages)):
-                    stage = self.schedule.stages[s]
-                    optimizers, schedulers = self._make_optimizers(stage, steps_per_epoch)
-                    best_val, best_state, best_epoch, bad = math.inf, None, None, 0
-                    first = 0
-                    if resumed is not None and s == start_stage:
-                        for opt, st in zip(optimizers, resumed["optimizers"]):
-                            opt.load_state_dict(st)
-                        for sch, st in zip(schedulers, resumed["schedulers"]):
-                            sch.load_state_dict(st)
-                        p = resumed["progress"]
-                        best_val, best_epoch, bad = p["best_val"], p["best_epoch"], p["bad"]
-                        best_state = resumed["best_state"]
-                        first = start_epoch
-                    elif main and path is not None and s == 0:
-                        self._save(history, fingerprint, s, 0, optimizers, schedulers, None, {})
-                    bar = _progress_bar(
-                        stage, first, self.progress and main, s, len(self.schedule.stages)
-                    )
-                    stop = False
-                    for e in range(first, stage.epochs):
-                        epoch = epoch_offset + e + 1
-                        tic = time.perf_counter()
-                        torch.manual_seed(_epoch_seed(self.seed, epoch, D.rank()))
-                        order_gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-                        order = torch.randperm(n_train, generator=order_gen)
-                        batches = D.shard_indices(order.to(train[0].device), self.batch_size)
-                        phases = stage.phases_in_epoch(e)
-                        sums: dict[str, float] = {}
-                        model.train()
-                        for b, idx in enumerate(batches):
-                            batch = tuple(None if t is None else t[idx] for t in train)
-                            for phase in phases:
-                                i = stage.phases.index(phase)
-                                where = f"epoch {epoch}, batch {b + 1}/{len(batches)}"
-                                terms = self._step(
-                                    phase, optimizers[i], schedulers[i], batch, where
-                                )
-                                for k, v in terms.items():
-                                    key = "train_loss" if k == "loss" else f"train_{k}"
-                                    sums[key] = sums.get(key, 0.0) + v
-                        record: dict[str, Any] = {
-                            "epoch": epoch,
-                            "stage": s,
-                            "phases": "+".join(p.name for p in phases),
-                        }
-                        record.update({k: v / len(batches) for k, v in sums.items()})
-                        record["val_loss"] = math.nan
-                        if val is not None:
-                            model.eval()
-                            vals = self._validate(stage, val)
-                            record["val_loss"] = vals.pop("loss")
-                            record.update({f"val_{k}": v for k, v in vals.items()})
-                            if stage.monitor is not None:
-                                w = stage.weights
-                                record["val_monitor"] = sum(w[k] * vals[k] for k in stage.monitor)
-                            model.train()
-                        record["lr"] = optimizers[0].param_groups[0]["lr"]
-                        record["time"] = time.perf_counter() - tic
-                        history.records.append(record)
-                        history.wall_time += record["time"]
-
-                        monitor = self.early_stopping and val is not None
-                        if monitor:
-                            if not math.isfinite(record["val_loss"]):
-                                raise TrainingDivergedError(
-                                    f"non-finite validation loss {record['val_loss']} after "
-                                    f"epoch {epoch}" + self._last_good_message()
-                                )
-                            current = record.get("val_monitor", record["val_loss"])
-                            if current < best_val:
-                                best_val, best_epoch, bad = current, epoch, 0
-                                best_state = _copy_state(model)
-                            else:
-                                bad += 1
-                            stop = self.patience is not None and bad >= self.patience
-                        last = stop or e == stage.epochs - 1
-                        if last:
-                            if monitor and best_state is not None:
-                                model.load_state_dict(best_state)
-                                history.best_epoch = best_epoch
-                            else:
-                                history.best_epoch = None
-                        if main and path is not None:
-                            if last:
-                                finished = s == len(self.schedule.stages) - 1
-                                self._save(
-                                    history, fingerprint, s + 1, 0, [], [], None, {}, finished
-                                )
-                            else:
-                                self._save(
-                                    history,
-                                    fingerprint,
-                                    s,
-                                    e + 1,
-                                    optimizers,
-                                    schedulers,
-                                    best_state,
-                                    {"best_val": best_val, "best_epoch": best_epoch, "bad": bad},
-                                )
-                        if main:
-                            self._write_logs(history, record, writer)
-                        if bar is not None:
-                            bar.set_postfix(
-                                train=f"{record['train_loss']:.4g}", val=f"{record['val_loss']:.4g}"
-                            )
-                            bar.update(1)
-                        if self.callback is not None:
-                            self.callback(epoch, record)
-                        if stop:
-                            break
-                    if bar is not None:
-                        bar.close()
-                    epoch_offset += stage.epochs
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                while state.stage < len(self.schedule.stages):
+                    self._run_stage(state, train, val, writer)
         finally:
             if writer is not None:
                 writer.close()
-        return history
+        return state.history
 
-    def _save(
+    def _global_epoch(self, stage: int, epoch_in_stage: int) -> int:
+        """1-based epoch number over the whole schedule."""
+        return sum(s.epochs for s in self.schedule.stages[:stage]) + epoch_in_stage + 1
+
+    def _run_stage(self, state: TrainState, train: Batch, val: Batch | None, writer: Any) -> None:
+        """Runs the remaining epochs of stage ``state.stage`` and advances ``state`` past it."""
+        s = state.stage
+        stage = self.schedule.stages[s]
+        steps = len(D.shard_indices(torch.arange(len(train[0])), self.batch_size))
+        optimizers, schedulers = self._make_optimizers(stage, steps)
+        for opt, saved in zip(optimizers, state.optimizers):
+            opt.load_state_dict(saved)
+        for sch, saved in zip(schedulers, state.schedulers):
+            sch.load_state_dict(saved)
+        early = state.early_stopping
+        if early is None and self.early_stopping and val is not None:
+            monitor = "val_loss" if stage.monitor is None else "val_monitor"
+            early = EarlyStopping(monitor=monitor, patience=self.patience)
+        if s == 0 and state.epoch == 0 and not state.history.records:
+            self._save(state)  # a checkpoint before the first step: "last good" from the start
+        bar = _progress_bar(stage, state.epoch, self.progress and D.is_main_process(), s,
+                            len(self.schedule.stages))  # fmt: skip
+        try:
+            for e in range(state.epoch, stage.epochs):
+                epoch = self._global_epoch(s, e)
+                tic = time.perf_counter()
+                record = self._run_epoch(stage, s, e, optimizers, schedulers, train)
+                if val is not None:
+                    record.update(self._validate(stage, val))
+                record["lr"] = optimizers[0].param_groups[0]["lr"]
+                record["time"] = time.perf_counter() - tic
+                state.history.records.append(record)
+                state.history.wall_time += record["time"]
+                stop = False
+                if early is not None:
+                    if not math.isfinite(record["val_loss"]):
+                        raise TrainingDivergedError(
+                            f"training diverged: non-finite validation loss "
+                            f"{record['val_loss']} after epoch {epoch}" + self._last_good_message()
+                        )
+                    stop = early.update(record[early.monitor], epoch, self.model)
+                last = stop or e == stage.epochs - 1
+                if last:
+                    self._end_stage(state, early)
+                else:
+                    state.epoch = e + 1
+                    state.optimizers = [o.state_dict() for o in optimizers]
+                    state.schedulers = [c.state_dict() for c in schedulers]
+                    state.early_stopping = early
+                self._save(state)
+                self._report(state.history, record, writer, bar)
+                if self.callback is not None:
+                    self.callback(epoch, record)
+                if last:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _end_stage(self, state: TrainState, early: EarlyStopping | None) -> None:
+        """Restores the best weights of the stage and moves ``state`` to the next stage."""
+        state.history.best_epoch = None if early is None else early.restore(self.model)
+        state.stage += 1
+        state.epoch = 0
+        state.finished = state.stage == len(self.schedule.stages)
+        state.optimizers, state.schedulers, state.early_stopping = [], [], None
+
+    def _run_epoch(
         self,
-        history: History,
-        fingerprint: dict[str, Any],
-        stage: int,
-        epoch_in_stage: int,
-        optimizers: list[Any],
+        stage: Stage,
+        s: int,
+        e: int,
+        optimizers: list[torch.optim.Optimizer],
         schedulers: list[Any],
-        best_state: dict[str, Tensor] | None,
-        early: dict[str, Any],
-        finished: bool = False,
-    ) -> None:
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "version": 1,
-            "model_state": _copy_state(self.model),
-            "best_state": best_state,
-            "optimizers": [o.state_dict() for o in optimizers],
-            "schedulers": [s.state_dict() for s in schedulers],
-            "progress": {
-                "stage": stage,
-                "epoch_in_stage": epoch_in_stage,
-                "best_val": early.get("best_val", math.inf),
-                "best_epoch": early.get("best_epoch"),
-                "bad": early.get("bad", 0),
-                "finished": finished,
-            },
-            "history": history.state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
-            "fingerprint": fingerprint,
-            "model_config": getattr(self.model, "config", None),
+        train: Batch,
+    ) -> dict[str, Any]:
+        """One epoch of training steps; returns its record (without validation)."""
+        epoch = self._global_epoch(s, e)
+        torch.manual_seed(_epoch_seed(self.seed, epoch, D.rank()))
+        order_gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        order = torch.randperm(len(train[0]), generator=order_gen)
+        batches = D.shard_indices(order.to(train[0].device), self.batch_size)
+        phases = stage.phases_in_epoch(e)
+        indices = [stage.phases.index(p) for p in phases]
+        every = _check_interval(train[0].device)
+        log = _EpochLog()
+        self._epoch_info = (epoch, len(batches))
+        self.model.train()
+        for b, idx in enumerate(batches):
+            batch = _take(train, idx)
+            for phase, i in zip(phases, indices):
+                self._step(phase, optimizers[i], schedulers[i], batch, log, b)
+            if (b + 1) % every == 0:
+                self._check(log)
+        self._check(log)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "stage": s,
+            "phases": "+".join(p.name for p in phases),
         }
-        save_checkpoint(state, self.checkpoint_path)
+        record.update(log.means())
+        record["val_loss"] = math.nan
+        return record
+
+    def _step(
+        self,
+        phase: Phase,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        batch: Batch,
+        log: _EpochLog,
+        b: int,
+    ) -> None:
+        """One optimiser step of ``phase``; logs ``(terms..., gradient norm)`` without host sync."""
+        x, context, scores = batch
+        # Only this phase's gradients are read below, so only they need clearing (cheaper than
+        # walking the whole module); another phase clears its own before its backward pass.
+        optimizer.zero_grad(set_to_none=True)
+        terms = compute_losses(self.model, x, context, scores, phase.losses, self.sinkhorn_options)
+        names = list(terms)
+        values = D.reduce_mean(torch.stack([terms[k].detach() for k in names]), float(len(x)))
+        terms["loss"].backward()
+        params = optimizer.param_groups[0]["params"]
+        D.average_gradients(params)
+        norm = _clip_gradients(params, self.clip)
+        row = torch.cat([values, norm.reshape(1).to(values.dtype)])
+        bad = torch.isfinite(row).all().logical_not()
+        log.add(b, phase, [*names, "gradient_norm"], row, bad)
+        if getattr(optimizer, "_mflows_fused", False):
+            optimizer.found_inf = bad.to(torch.float32)  # the fused kernel skips a bad step
+        elif bool(bad):
+            self._check(log)
+        optimizer.step()
+        scheduler.step()
+
+    def _check(self, log: _EpochLog) -> None:
+        """Raises :class:`TrainingDivergedError` for the first non-finite step not yet checked."""
+        bad = log.first_bad()
+        if bad is None:
+            return
+        b, phase, names, values = bad
+        epoch, n_batches = self._epoch_info
+        terms = dict(zip(names, values))
+        norm = terms.pop("gradient_norm")
+        nonfinite = [k for k, v in terms.items() if not math.isfinite(v)]
+        what = "loss" if nonfinite else "gradient norm"
+        raise TrainingDivergedError(
+            f"training diverged: non-finite {what} at epoch {epoch}, batch {b + 1}/{n_batches}, "
+            f"phase {phase.name!r}: "
+            + ", ".join(f"{k}={v:.6g}" for k, v in terms.items())
+            + f", gradient norm={norm:.6g}"
+            + (f" (non-finite: {', '.join(nonfinite)})" if nonfinite else "")
+            + self._last_good_message()
+        )
+
+    def _validate(self, stage: Stage, val: Batch) -> dict[str, float]:
+        """``val_loss``, ``val_<term>`` and (where the stage monitors some losses)
+        ``val_monitor`` on the validation data; the model is left in training mode."""
+        x = val[0]
+        weights = stage.weights
+        sums: Tensor | None = None
+        names: list[str] = []
+        n_local = 0
+        self.model.eval()
+        order = torch.arange(len(x), device=x.device)
+        for idx in D.shard_indices(order, self.batch_size):
+            with torch.set_grad_enabled("score" in weights):
+                terms = compute_losses(self.model, *_take(val, idx), weights, self.sinkhorn_options)
+            names = sorted(terms)
+            row = torch.stack([terms[k].detach().to(torch.float64) for k in names]) * len(idx)
+            sums = row if sums is None else sums + row
+            n_local += len(idx)
+        self.model.train()
+        local = sums / max(n_local, 1)
+        values = dict(zip(names, D.reduce_mean(local, float(n_local)).tolist()))
+        record = {"val_loss": values.pop("loss")}
+        record.update({f"val_{k}": v for k, v in values.items()})
+        if stage.monitor is not None:
+            record["val_monitor"] = sum(weights[k] * values[k] for k in stage.monitor)
+        return record
+
+    def _make_optimizers(self, stage: Stage, steps_per_epoch: int):
+        optimizers, schedulers = [], []
+        for i, phase in enumerate(stage.phases):
+            params = _phase_parameters(self.model, phase)
+            lr = self.lr if phase.lr is None else float(phase.lr)
+            opt, fused = _make_optimizer(self.optimizer, params, lr, self.weight_decay)
+            opt._mflows_fused = fused  # type: ignore[attr-defined]
+            if len(stage.phases) > 1 and stage.alternate == "epoch":
+                epochs = len(range(i, stage.epochs, len(stage.phases)))
+            else:
+                epochs = stage.epochs
+            total_steps = max(1, epochs * steps_per_epoch)
+            schedulers.append(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps))
+            optimizers.append(opt)
+        return optimizers, schedulers
+
+    # --------------------------------------------------------------------------- output
+    def _report(self, history: History, record: dict[str, Any], writer: Any, bar: Any) -> None:
+        """CSV files, TensorBoard scalars and the progress bar after an epoch."""
+        if D.is_main_process():
+            for directory in {d for d in (self.log_dir, self.checkpoint_dir) if d is not None}:
+                history.to_csv(directory / "history.csv")
+            if writer is not None:
+                for k, v in record.items():
+                    if isinstance(v, float) and math.isfinite(v):
+                        writer.add_scalar(k, v, record["epoch"])
+                writer.flush()
+        if bar is not None:
+            bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{record['val_loss']:.4g}")
+            bar.update(1)
+
+    def _tensorboard(self):
+        if self.log_dir is None or not D.is_main_process():
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional: mflows[tensorboard]
+            return None
+        return SummaryWriter(str(self.log_dir))
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -57,18 +57,18 @@ class CompositeTransform(Transform):
         self.transforms = nn.ModuleList(transforms)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = x.new_zeros(x.shape[0])
+        total = None
         for t in self.transforms:
             x, logabsdet = t(x, context)
-            total = total + logabsdet
-        return x, total
+            total = logabsdet if total is None else total + logabsdet
+        return x, x.new_zeros(x.shape[0]) if total is None else total
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = y.new_zeros(y.shape[0])
+        total = None
         for t in reversed(self.transforms):
             y, logabsdet = t.inverse(y, context)
-            total = total + logabsdet
-        return y, total
+            total = logabsdet if total is None else total + logabsdet
+        return y, y.new_zeros(y.shape[0]) if total is None else total
 
 
 class InverseTransform(Transform):

@@ -17,11 +17,7 @@ from torch import Tensor
 
 from mflows.nets import ResidualMLP
 from mflows.transforms.base import Transform
-from mflows.transforms.splines import (
-    rational_quadratic_spline,
-    spline_param_count,
-    split_spline_params,
-)
+from mflows.transforms.splines import packed_rational_quadratic_spline, spline_param_count
 
 __all__ = ["AffineCoupling", "Coupling", "RQSCoupling", "alternating_mask"]
 
@@ -80,12 +76,11 @@ class Coupling(Transform):
         raise NotImplementedError
 
     def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        xa = x[..., self.identity_idx]
-        xb = x[..., self.transform_idx]
-        params = self.conditioner(xa, context)
-        params = params.reshape(*xb.shape, self.params_per_feature)
+        xa = torch.index_select(x, -1, self.identity_idx)
+        xb = torch.index_select(x, -1, self.transform_idx)
+        params = self.conditioner(xa, context).unflatten(-1, (-1, self.params_per_feature))
         yb, ld = self._transform(xb, params, inverse)
-        y = torch.cat([xa, yb], dim=-1)[..., self.merge_idx]
+        y = torch.index_select(torch.cat([xa, yb], dim=-1), -1, self.merge_idx)
         return y, ld.sum(-1)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -138,8 +133,9 @@ class RQSCoupling(Coupling):
         self.tail_bound = tail_bound
 
     def _transform(self, xb: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        w, h, d = split_spline_params(params, self.num_bins)
-        return rational_quadratic_spline(xb, w, h, d, inverse=inverse, tail_bound=self.tail_bound)
+        return packed_rational_quadratic_spline(
+            xb, params, self.num_bins, inverse=inverse, tail_bound=self.tail_bound
+        )
 
 
 class AffineCoupling(Coupling):

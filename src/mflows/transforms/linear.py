@@ -44,8 +44,7 @@ class LULinear(Transform):
 
     def _factors(self) -> tuple[Tensor, Tensor, Tensor]:
         diag = self.eps + F.softplus(self.raw_diag + self._shift)
-        eye = self.eye.to(diag.dtype)
-        lower = torch.tril(self.lower, -1) + eye
+        lower = torch.tril(self.lower, -1) + self.eye
         upper = torch.triu(self.upper, 1) + torch.diag(diag)
         return lower, upper, diag
 
@@ -57,10 +56,7 @@ class LULinear(Transform):
     def _linear(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x ``(*, d)`` -> (x W^T + b, sum log u)."""
         lower, upper, diag = self._factors()
-        y = x @ (lower @ upper).T
-        if self.bias is not None:
-            y = y + self.bias
-        return y, torch.log(diag).sum()
+        return F.linear(x, lower @ upper, self.bias), torch.log(diag).sum()
 
     def _solve(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """y ``(*, d)`` -> ((y - b) W^-T, -sum log u), via X U^T L^T = y - b."""

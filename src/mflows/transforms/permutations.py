@@ -22,10 +22,10 @@ class Permutation(Transform):
         self.register_buffer("inverse_permutation", torch.argsort(permutation))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return x[..., self.permutation], x.new_zeros(x.shape[0])
+        return torch.index_select(x, -1, self.permutation), x.new_zeros(x.shape[0])
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return y[..., self.inverse_permutation], y.new_zeros(y.shape[0])
+        return torch.index_select(y, -1, self.inverse_permutation), y.new_zeros(y.shape[0])
 
 
 class RandomPermutation(Permutation):

@@ -1,0 +1,95 @@
+"""Optional compilation with ``torch.compile``: compile what compiles, fall back cleanly.
+
+:func:`compile_function` wraps a function (a loss, a model method) so that the first call
+compiles it; where compilation or the compiled call fails (``vmap(jacfwd)`` inside the exact
+M-flow likelihood does not compile in current torch, a platform may lack a C++ compiler), one
+:class:`CompileFallbackWarning` is issued and the plain function is used from then on. Errors
+that the plain function raises too (bad inputs) propagate unchanged, without the warning.
+
+Compilation costs seconds to minutes once per process and per input shape (the last, smaller
+batch of an epoch compiles a second graph unless ``dynamic`` is set), so it pays off on long
+runs only; docs/benchmarks.md has the numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = ["CompileFallbackWarning", "compile_function", "compile_losses"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CompileFallbackWarning(RuntimeWarning):
+    """``torch.compile`` failed on a function; mflows runs it uncompiled instead."""
+
+
+def compile_function(fn: F, *, name: str | None = None, **options: Any) -> F:
+    """``torch.compile(fn, **options)`` with a clean fallback to ``fn``.
+
+    Args:
+        fn: the function to compile.
+        name: label in the warning (default: ``fn.__qualname__``).
+        **options: keyword arguments of ``torch.compile`` (``mode``, ``dynamic``, ``backend``...).
+
+    Returns:
+        A function with the signature of ``fn``; its ``compiled`` attribute says whether the
+        compiled version is in use (``None`` until the first call).
+    """
+    label = name or getattr(fn, "__qualname__", repr(fn))
+    try:
+        compiled = torch.compile(fn, **options)
+    except Exception as error:  # pragma: no cover - torch.compile unavailable on the platform
+        compiled = None
+        reason: Exception | None = error
+    else:
+        reason = None
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if wrapper.compiled is not False and compiled is not None:
+            try:
+                out = compiled(*args, **kwargs)
+            except Exception as error:
+                try:
+                    out = fn(*args, **kwargs)
+                except Exception:
+                    raise  # the plain function fails too: a genuine error, not a compile one
+                _fallback(label, error)
+                wrapper.compiled = False
+                return out
+            wrapper.compiled = True
+            return out
+        if wrapper.compiled is None and reason is not None:
+            _fallback(label, reason)
+            wrapper.compiled = False
+        return fn(*args, **kwargs)
+
+    wrapper.compiled = None  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+def _fallback(label: str, error: Exception) -> None:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    warnings.warn(
+        f"torch.compile failed on {label} ({type(error).__name__}: {first[:200]}); "
+        "running it uncompiled",
+        CompileFallbackWarning,
+        stacklevel=3,
+    )
+
+
+def compile_losses(losses: F, **options: Any) -> F:
+    """Compiles a training loss function of ``(model, batch...)`` (see :func:`compile_function`).
+
+    The intended hook: ``fit(..., compile=True)`` wraps the trainer's loss computation once per
+    run, ``losses = compile_losses(compute_losses)``, and keeps its finiteness checks (host
+    synchronisations) outside the compiled function, where they cause no graph break.
+    """
+    options.setdefault("dynamic", False)
+    return compile_function(losses, name=getattr(losses, "__qualname__", None), **options)

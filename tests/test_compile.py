@@ -1,0 +1,79 @@
+"""Optional compilation: same losses and gradients as eager, one warning on fallback."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from mflows.compile import CompileFallbackWarning, compile_function, compile_losses
+from mflows.models import make_model
+
+TINY = dict(outer_layers=1, inner_layers=1, hidden_features=8, num_blocks=1, num_bins=4)
+
+
+def _mse(model, x, context):
+    return (x - model.project(x, context)).square().sum(-1).mean()
+
+
+def _latent_nll(model, u, context):
+    return -model.latent_log_prob(u, context).mean()
+
+
+def test_compiled_losses_and_gradients_match_eager():
+    torch.manual_seed(0)
+    model = make_model("mflow", 3, 2, context_dim=1, seed=0, **TINY)
+    for p in model.parameters():  # move away from the identity initialisation
+        p.data.add_(0.1 * torch.randn_like(p))
+    x, c = torch.randn(16, 3), torch.randn(16, 1)
+    u = model.encode(x, c).detach()
+    for fn, data in [(_mse, x), (_latent_nll, u)]:
+        compiled = compile_losses(fn, backend="aot_eager")  # inductor: benchmarks/compare_speed.py
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CompileFallbackWarning)
+            got = compiled(model, data, c)
+        assert compiled.compiled is True
+        (grads_got,) = [torch.autograd.grad(got, list(model.parameters()), allow_unused=True)]
+        want = fn(model, data, c)
+        grads_want = torch.autograd.grad(want, list(model.parameters()), allow_unused=True)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads_got, grads_want):
+            if b is None:
+                assert a is None or torch.count_nonzero(a) == 0
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _broken_backend(graph_module, example_inputs):
+    raise RuntimeError("this backend cannot compile anything")
+
+
+def test_fallback_warns_once_and_gives_eager_results():
+    calls = []
+
+    def square_sum(x):
+        calls.append(1)
+        return (x * x).sum()
+
+    fn = compile_function(square_sum, backend=_broken_backend)
+    x = torch.arange(4.0)
+    with pytest.warns(CompileFallbackWarning, match="square_sum"):
+        assert fn(x).item() == 14.0
+    assert fn.compiled is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        assert fn(x + 1).item() == 30.0
+        assert fn(x).item() == 14.0
+
+
+def test_genuine_errors_propagate_without_warning():
+    def needs_matrix(x):
+        return torch.linalg.inv(x)
+
+    fn = compile_function(needs_matrix, backend=_broken_backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        with pytest.raises(RuntimeError):
+            fn(torch.zeros(3))
+    assert fn.compiled is not True
