@@ -615,7 +615,17 @@ def _make_plots(run: LoadedRun, artifacts: dict[str, Any], plots_dir: Path) -> l
         paths.append(P.plot_image_grid(samples[:36], plots_dir / "samples.png", title="samples"))
         paths.append(P.plot_image_grid(test[:36], plots_dir / "test_images.png", title="data"))
     else:
-        paths.append(P.plot_samples(samples, test, plots_dir / "samples_vs_truth.png"))
+        context = artifacts.get("context")
+        where = "" if context is None else f" at theta = {np.round(context, 4).tolist()}"
+        paths.append(
+            P.plot_samples(
+                samples,
+                test,
+                plots_dir / "samples_vs_truth.png",
+                labels=("model samples", "test data"),
+                title=f"{dataset.name}: samples{where}",
+            )
+        )
         if model.has_manifold and model.latent_dim <= 2:
             path = plots_dir / "learned_manifold.png"
             context = artifacts.get("context")
