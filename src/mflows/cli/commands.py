@@ -128,7 +128,9 @@ def _tensorboard_dir(args: argparse.Namespace, run_dir: Path) -> Path | None:
             file=sys.stderr,
         )
         return None
-    return run_dir / "tensorboard"
+    from mflows.experiments.rundir import TENSORBOARD_DIR
+
+    return run_dir / TENSORBOARD_DIR
 
 
 def _say(text: str) -> None:
