@@ -409,6 +409,13 @@ def test_cli_import_does_not_load_torch_and_help_is_fast():
     assert (time.perf_counter() - start) / 2 < 1.0
 
 
+def test_version(capsys):
+    import mflows
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"mflows {mflows.__version__}"
+
+
 def test_lazy_top_level_names_still_work():
     import mflows
 

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
             """
         ),
     )
+    from mflows import __version__
+
+    parser.add_argument("--version", action="version", version=f"mflows {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     # train ---------------------------------------------------------------------------------
@@ -168,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     own = train.add_argument_group(
         "your own data (.npy, .npz or .csv files, one row per point)",
-        "Splits not given are carved off --data (10%% test, 10%% validation). Evaluation\n"
+        "Splits not given are carved off --data (10% test, 10% validation). Evaluation\n"
         "reports the metrics that need no truth: reconstruction error, log-likelihood and,\n"
         "with --ood-data, the OOD AUC.",
     )
@@ -210,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Evaluate a trained run (protocol: docs/theory.md, Evaluation): manifold distance\n"
             "of generated samples, reconstruction error, test log-likelihood (vs the true\n"
             "density), OOD AUC, the posterior over theta by MCMC (MMD vs the true posterior),\n"
-            "FID for images.\n"
+            "FID for images. Runs on your own data (train --data) get the metrics that need\n"
+            "no truth: reconstruction error, log-likelihood and OOD AUC (with --ood-data).\n"
             "Writes metrics.json, plots/ and report.html into the run directory."
         ),
         epilog=textwrap.dedent(
@@ -267,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     # data ----------------------------------------------------------------------------------
     data = sub.add_parser(
         "data",
-        help="list and describe data sets",
+        help="list and describe data sets; show or clear the simulation caches",
         description="List the registered data sets or describe one of them.",
         epilog="examples:\n  mflows data list\n  mflows data describe power",
         formatter_class=_Formatter,
