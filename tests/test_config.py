@@ -201,7 +201,7 @@ def test_scandal_needs_a_likelihood_phase():
 # configs/: every ready-made experiment configuration resolves to a model and a schedule
 # --------------------------------------------------------------------------------------------
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "src" / "mflows" / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.toml"))
 FAMILIES = {
     "af": ("af", "likelihood"),
@@ -287,6 +287,46 @@ def test_every_config_resolves_to_model_and_schedule(path: Path):
         scandal_weight=config.training.scandal or 1.0,
     )
     assert schedule.stages
+    # the smoke-test recipe of the configs README: --set training.epochs=1 gives a schedule
+    smoke = apply_overrides(config, ["training.epochs=1", "data.n_train=1000"]).validate()
+    options = runs.fit_options(smoke.training)
+    smoke_schedule = schedule_for(
+        smoke.training.algorithm,
+        model,
+        epochs=options["epochs"],
+        scandal=options["scandal"],
+        scandal_weight=options.get("scandal_weight", 1.0),
+    )
+    assert 1 <= sum(stage.epochs for stage in smoke_schedule.stages) <= 2
+
+
+def test_shipped_configs_load_by_name():
+    from mflows.experiments.config import config_names, resolve_config_path
+
+    names = config_names()
+    assert {p.stem for p in CONFIG_FILES} == set(names)
+    assert load_config("power_pae") == load_config(CONFIG_DIR / "power_pae.toml")
+    assert resolve_config_path("power_pae.toml") == CONFIG_DIR / "power_pae.toml"
+    with pytest.raises(ConfigError, match=r"did you mean: .*power_pae"):
+        load_config("power_pea")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("some/dir/power_pae.toml")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["data.x_file=/tmp/x.npy"], r"data\.x_file \(your own data\) goes with"),
+        (["data.name=arrays"], r"goes with data\.name = 'arrays'"),
+        (["data.theta_file=/tmp/t.npy"], r"data\.theta_file needs data\.x_file"),
+        (["device=cuda:x"], r"device = 'cuda:x' is not valid"),
+    ],
+)
+def test_own_data_and_device_fields_are_checked(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(RunConfig(), overrides).validate()
+    for device in ("auto", "cpu", "cuda", "cuda:3", "mps"):
+        assert apply_overrides(RunConfig(), [f"device={device}"]).validate().device == device
 
 
 # --------------------------------------------------------------------------------------------

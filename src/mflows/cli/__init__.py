@@ -47,6 +47,7 @@ _WORDING = {
     "theta must be finite": "--theta must be finite",
     "theta needs": "--theta needs",
     "theta must not be given": "--theta must not be given",
+    "to extend it ask for more than": "to extend it pass --epochs greater than",
 }
 
 

@@ -108,7 +108,6 @@ UNSUPPORTED_FLAGS: dict[str, str] = {
     "-c": "pass a config file with --config FILE",
     "--load": "start a new run; interrupted runs resume from their checkpoints",
     "--startepoch": "interrupted runs resume from their checkpoints",
-    "--resume": "interrupted runs resume from their checkpoints",
     "--subsets": "alternating training switches phases every batch",
     "--addnllfactor": "simultaneous M-flow training uses --nllfactor and --msefactor",
     "--nopretraining": "pre-/post-training phases of simultaneous training are not implemented",
@@ -147,6 +146,13 @@ def _field_flags() -> dict[str, tuple[str, ...]]:
         "training.scandal": ["--scandal"],
         "evaluation.inception_weights": ["--inception-weights"],
         "device": ["--device"],
+        "model.latent_dim": ["--latent-dim"],
+        "training.seed": ["--seed"],
+        "data.x_file": ["--data"],
+        "data.theta_file": ["--theta"],
+        "data.x_test_file": ["--test-data"],
+        "data.theta_test_file": ["--test-theta"],
+        "data.x_ood_file": ["--ood-data"],
     }
     for flag, key, _type, _help in PAPER_FLAGS:
         flags.setdefault(key, []).append(flag)

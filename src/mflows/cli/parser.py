@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import textwrap
 from pathlib import Path
 
@@ -13,7 +14,10 @@ __all__ = ["build_parser"]
 _EPILOG_TRAIN = """\
 examples:
   mflows train --dataset power --algorithm mf --alternate --out runs/power-mf
-  mflows train --config configs/power_mf_alternating.toml --out runs/p --set training.epochs=5
+  mflows train --data x.npy --latent-dim 2 --epochs 20 --out runs/mine
+  mflows train --data x.csv --theta theta.csv --latent-dim 2 --ood-data odd.npy --out runs/c
+  mflows train runs/power-mf --epochs 80        (extend a finished run to 80 epochs)
+  mflows train --config power_mf_alternating --out runs/p --set training.epochs=5
   mflows train --dataset spherical_gaussian --truelatentdim 2 --datadim 3 --epsilon 0.01 \\
       --algorithm flow --epochs 10 --out runs/sg-af
 
@@ -37,9 +41,24 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=32, width=100)
 
 
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+def _device(text: str) -> str:
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid device {text!r}; choose auto, cpu, cuda, cuda:N or mps"
+        )
+    return text
+
+
 def _add_common(parser: argparse.ArgumentParser, *, threads: int | None = None) -> None:
     parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default=None, help="torch device (default: cpu)"
+        "--device",
+        type=_device,
+        default=None,
+        metavar="DEVICE",
+        help="auto (default: a GPU when present, else cpu), cpu, cuda, cuda:N or mps",
     )
     default = "torch's default" if threads is None else str(threads)
     parser.add_argument(
@@ -69,12 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
               mflows evaluate runs/power-mf
               mflows sample runs/power-mf -n 1000 --out samples.npy
               mflows data list
+              mflows config list
               mflows demo --quick
 
             run `mflows COMMAND --help` for the options of each command.
             """
         ),
     )
+    from mflows import __version__
+
+    parser.add_argument("--version", action="version", version=f"mflows {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     # train ---------------------------------------------------------------------------------
@@ -90,8 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         allow_abbrev=False,
     )
-    train.add_argument("--out", required=True, type=Path, help="run directory to create")
-    train.add_argument("--config", type=Path, help="TOML or JSON config file (see configs/)")
+    train.add_argument(
+        "run",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="a finished run to train further (with --epochs N: N epochs in all)",
+    )
+    train.add_argument("--out", type=Path, help="run directory to create")
+    train.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="same as the positional RUN: extend a finished run (interrupted runs resume by "
+        "rerunning the same command)",
+    )
+    train.add_argument(
+        "--config",
+        help="TOML or JSON config file, or the name of a shipped config (`mflows config list`)",
+    )
     train.add_argument(
         "--set",
         dest="overrides",
@@ -119,6 +159,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--data-dir", help="directory of file-backed data sets")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    train.add_argument(
+        "--seed", type=int, metavar="N", help="seed of the training sample, initialisation, "
+        "validation split and batching (training.seed and data.seed)",
+    )  # fmt: skip
+    train.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log the loss curves as TensorBoard events in RUN/tensorboard (needs "
+        "`pip install mflows[tensorboard]`)",
+    )
+    own = train.add_argument_group(
+        "your own data (.npy, .npz or .csv files, one row per point)",
+        "Splits not given are carved off --data (10% test, 10% validation). Evaluation\n"
+        "reports the metrics that need no truth: reconstruction error, log-likelihood and,\n"
+        "with --ood-data, the OOD AUC.",
+    )
+    own.add_argument("--data", metavar="FILE", help="training points (N, d)")
+    own.add_argument("--theta", metavar="FILE", help="parameters of each point (N, p)")
+    own.add_argument("--test-data", metavar="FILE", help="test points")
+    own.add_argument("--test-theta", metavar="FILE", help="parameters of the test points")
+    own.add_argument("--ood-data", metavar="FILE", help="out-of-distribution points (OOD AUC)")
+    own.add_argument(
+        "--latent-dim", type=int, metavar="N", help="manifold dimension of the model (model."
+        "latent_dim)",
+    )  # fmt: skip
     _add_common(train)
     paper = train.add_argument_group("flags of the original research code")
     for flag, key, kind, help_ in PAPER_FLAGS:
@@ -148,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Evaluate a trained run (protocol: docs/theory.md, Evaluation): manifold distance\n"
             "of generated samples, reconstruction error, test log-likelihood (vs the true\n"
             "density), OOD AUC, the posterior over theta by MCMC (MMD vs the true posterior),\n"
-            "FID for images.\n"
+            "FID for images. Runs on your own data (train --data) get the metrics that need\n"
+            "no truth: reconstruction error, log-likelihood and OOD AUC (with --ood-data).\n"
             "Writes metrics.json, plots/ and report.html into the run directory."
         ),
         epilog=textwrap.dedent(
@@ -205,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     # data ----------------------------------------------------------------------------------
     data = sub.add_parser(
         "data",
-        help="list and describe data sets",
+        help="list and describe data sets; show or clear the simulation caches",
         description="List the registered data sets or describe one of them.",
         epilog="examples:\n  mflows data list\n  mflows data describe power",
         formatter_class=_Formatter,
@@ -226,6 +292,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     describe.add_argument("name", help="data set name")
     describe.add_argument("--data-dir", help="directory of file-backed data sets")
+    cache = data_sub.add_parser(
+        "cache",
+        help="show (or --clear) the simulation caches",
+        description="List the simulation caches (Lorenz trajectories) with their sizes;\n"
+        "--clear deletes them (they are recomputed when needed). Downloaded data files\n"
+        "are left alone.",
+        formatter_class=_Formatter,
+    )
+    cache.add_argument("--clear", action="store_true", help="delete the caches")
+    cache.add_argument("--data-dir", help="root data directory")
+
+    # config --------------------------------------------------------------------------------
+    config = sub.add_parser(
+        "config",
+        help="list or show the configs shipped with mflows",
+        description="The shipped configs (one per experiment of the paper), usable by name:\n"
+        "  mflows train --config power_mf_alternating --out runs/p",
+        formatter_class=_Formatter,
+    )
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    config_sub.add_parser("list", help="list the names", formatter_class=_Formatter)
+    show = config_sub.add_parser("show", help="print one config", formatter_class=_Formatter)
+    show.add_argument("name", help="config name, e.g. power_mf_alternating")
 
     # demo ----------------------------------------------------------------------------------
     demo = sub.add_parser(

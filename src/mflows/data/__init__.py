@@ -5,6 +5,8 @@ Simulated (true manifold and density known where noted): ``spherical_gaussian``,
 into the data directory, see :mod:`mflows.data.download`): ``lhc40d``, ``gan2d``, ``gan64d``,
 ``celeba``, ``imagenet``.
 
+Your own data: :func:`from_arrays` (see :mod:`mflows.data.arrays`).
+
 Example:
     >>> from mflows import data
     >>> ds = data.get("power")
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 
+from .arrays import ArrayDataset, from_arrays, load_array
 from .base import Batch, Dataset, FileBackedDataset, SimulatedDataset
 from .download import DataNotAvailableError, data_dir
 from .images import CelebA, GAN2d, GAN64d, ImageNet
@@ -26,6 +29,7 @@ from .power import PolynomialSurface
 from .spherical import ConditionalSphericalGaussian, SphericalGaussian
 
 __all__ = [
+    "ArrayDataset",
     "Batch",
     "CelebA",
     "ConditionalSphericalGaussian",
@@ -42,7 +46,9 @@ __all__ = [
     "SphericalGaussian",
     "data_dir",
     "describe",
+    "from_arrays",
     "get",
+    "load_array",
     "names",
 ]
 

@@ -155,7 +155,8 @@ class Dataset:
         lines.append(f"  available:          {', '.join(available) or 'load only'}")
         lines.append(f"  not available:      {', '.join(missing) or '-'}")
         files = self.files()
-        lines.append(f"  files needed:       {', '.join(files) if files else 'none (simulated)'}")
+        simulated = " (simulated)" if isinstance(self, SimulatedDataset) else ""
+        lines.append(f"  files needed:       {', '.join(files) if files else 'none' + simulated}")
         lines.extend(f"  {line}" for line in self._extra_description())
         return "\n".join(lines)
 

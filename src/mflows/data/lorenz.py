@@ -138,6 +138,7 @@ class Lorenz(SimulatedDataset):
                 )
                 _remove_cache(path)
             if self.cache and not path.is_file():
+                announce_cache(path, shape, self.progress)
                 _integrate_to_file(self._integrate, path, shape)
             if self.cache:
                 self._trajectories = np.load(path, mmap_mode="r")
@@ -258,6 +259,24 @@ class Lorenz(SimulatedDataset):
             f"{o['num_trajectories']} trajectories x {o['steps']} steps in "
             f"[{o['warmup']}, {o['t_max']}], simulated on first use and cached on disk"
         ]
+
+
+def cache_size_bytes(shape: tuple[int, int, int]) -> int:
+    """Bytes on disk of a trajectory cache of ``shape`` (float32 plus the ``.npy`` header)."""
+    return int(np.prod(shape)) * 4 + 128
+
+
+def announce_cache(path: Path, shape: tuple[int, int, int], enabled: bool = True) -> None:
+    """Says up front how large the trajectory cache will be and where it goes (stderr)."""
+    if not enabled:
+        return
+    size = cache_size_bytes(shape)
+    print(
+        f"lorenz: simulating {shape[0]} trajectories x {shape[1]} steps once (whatever the "
+        f"sample size); the cache takes {size / 1e9:.2f} GB in {path.parent} (remove it with "
+        "`mflows data cache --clear`; Lorenz(steps=..., cache=False) for less)",
+        file=sys.stderr,
+    )
 
 
 def _integrate_to_file(integrate, path: Path, shape: tuple[int, int, int]) -> None:

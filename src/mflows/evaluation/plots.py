@@ -134,6 +134,7 @@ def plot_training_curves(
         if finite.size and (finite > 0).all():
             ax.set_yscale("log")
         ax.set_xlabel(x_key or "row")
+        ax.set_ylabel(f"{term} (per batch, averaged over the epoch)")
         ax.set_title(term)
         if series:
             ax.legend(fontsize="small")

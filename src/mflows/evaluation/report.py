@@ -20,7 +20,28 @@ from typing import Any
 
 from mflows.files import atomic_write
 
-__all__ = ["flatten_metrics", "format_value", "write_report"]
+__all__ = ["GLOSSARY", "flatten_metrics", "format_value", "write_report"]
+
+#: metric -> (definition, which way is better); shown next to each metric in the report.
+GLOSSARY: dict[str, tuple[str, str]] = {
+    "manifold_distance": (
+        "mean distance of generated samples to the true manifold (clipped at 10)",
+        "lower",
+    ),
+    "reconstruction_error": ("mean |x - project(x)| over test points (clipped at 10)", "lower"),
+    "log_likelihood": ("mean model log density of the test points", "higher"),
+    "nll_bits_per_dim": ("negative log-likelihood in bits per data dimension", "lower"),
+    "true_log_likelihood": ("mean true log density of the same test points", "reference"),
+    "log_likelihood_mae": ("mean |model - true| log density over test points", "lower"),
+    "ood_auc": ("AUC separating test from out-of-distribution points (best detector)", "higher"),
+    "ood_auc_log_likelihood": ("OOD AUC with the log-likelihood as detector", "higher"),
+    "ood_auc_reconstruction": ("OOD AUC with the reconstruction error as detector", "higher"),
+    "log_posterior_true_theta": ("log posterior density (KDE of MCMC) at the true theta", "higher"),
+    "posterior_mmd": ("MMD between model and true posterior samples over theta", "lower"),
+    "fid": ("Frechet Inception distance of samples to test images", "lower"),
+    "nonfinite_samples": ("generated samples with NaN or infinite values", "lower"),
+    "closure": ("closure-test score of generated samples", "lower"),
+}
 
 _STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -62,6 +83,14 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def _metric_row(name: str, value: Any) -> str:
+    definition, better = GLOSSARY.get(name.rsplit(".", 1)[-1], ("", ""))
+    return (
+        f"<tr><td>{html.escape(name)}</td><td class='num'>{html.escape(format_value(value))}</td>"
+        f"<td>{html.escape(better)}</td><td>{html.escape(definition)}</td></tr>"
+    )
+
+
 def _image_tag(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     name = html.escape(path.stem.replace("_", " "))
@@ -78,6 +107,7 @@ def write_report(
     config: Mapping[str, Any] | None = None,
     title: str = "mflows evaluation report",
     filename: str = "report.html",
+    details: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes ``run_dir/report.html`` with the metrics, the plots and the configuration.
 
@@ -88,6 +118,8 @@ def write_report(
         config: Run configuration, shown as JSON (non-JSON values via ``str``).
         title: Page title.
         filename: Report file name.
+        details: facts about the run shown above the metrics (run time, best epoch, seed,
+            versions, the theta used, ...).
 
     Returns:
         The path of the written report.
@@ -98,10 +130,12 @@ def write_report(
     for p in plot_paths:
         if not p.is_file():
             raise FileNotFoundError(f"plot {p} does not exist")
-    rows = "\n".join(
-        f"<tr><td>{html.escape(name)}</td><td class='num'>{html.escape(format_value(v))}</td></tr>"
-        for name, v in flatten_metrics(metrics).items()
+    rows = "\n".join(_metric_row(name, v) for name, v in flatten_metrics(metrics).items())
+    detail_rows = "\n".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(format_value(v))}</td></tr>"
+        for k, v in flatten_metrics(details or {}).items()
     )
+    run_section = f"<h2>Run</h2>\n<table>\n{detail_rows}\n</table>" if detail_rows else ""
     config_text = json.dumps(dict(config or {}), indent=2, sort_keys=True, default=str)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figures = "\n".join(_image_tag(p) for p in plot_paths) or "<p>No plots.</p>"
@@ -115,9 +149,10 @@ def write_report(
 <body>
 <h1>{html.escape(title)}</h1>
 <p>Run directory: <code>{html.escape(str(run_dir))}</code>; written {stamp}.</p>
+{run_section}
 <h2>Metrics</h2>
 <table>
-<tr><th>metric</th><th>value</th></tr>
+<tr><th>metric</th><th>value</th><th>better</th><th>definition</th></tr>
 {rows}
 </table>
 <h2>Plots</h2>

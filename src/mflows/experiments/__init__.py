@@ -6,7 +6,9 @@ package; :mod:`mflows.cli` is its only importer inside mflows.
 - :mod:`mflows.experiments.config`: typed run configuration (TOML / JSON / overrides);
 - :mod:`mflows.experiments.build`: data set, model and ``fit`` options of a configuration;
 - :mod:`mflows.experiments.rundir`: run directory layout, lock, atomic writers;
-- :mod:`mflows.experiments.runs`: train / evaluate / sample a run;
+- :mod:`mflows.experiments.runs`: train / extend / evaluate / sample a run (your own data
+  files included: :func:`mflows.experiments.build.arrays_dataset`);
+- :mod:`mflows.experiments.progress`: epoch and in-epoch step progress bars;
 - :mod:`mflows.experiments.demo`: the end-to-end demo.
 """
 
@@ -42,6 +44,7 @@ from mflows.experiments.rundir import (
 from mflows.experiments.runs import (
     LoadedRun,
     evaluate_run,
+    extend_run,
     format_metrics,
     load_run,
     sample_run,
@@ -68,6 +71,7 @@ __all__ = [
     "demo_config",
     "describe_dataset",
     "evaluate_run",
+    "extend_run",
     "fit_options",
     "format_metrics",
     "get_dataset",

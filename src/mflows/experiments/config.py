@@ -14,7 +14,7 @@ Configurations load from TOML (sections ``[data]``, ``[model]``, ``[training]``,
 ``section.field=value`` overrides that are type-checked against the dataclass fields, and
 serialise back to JSON for the run directory::
 
-    config = load_config("configs/power_mf_alternating.toml")  # mflows.experiments.config
+    config = load_config("power_mf_alternating")  # a shipped config, by name (or a file path)
     config = apply_overrides(config, ["training.epochs=2", "data.n_train=500"])
     config.validate()
 
@@ -56,8 +56,10 @@ __all__ = [
     "TrainingConfig",
     "apply_overrides",
     "config_from_dict",
+    "config_names",
     "config_to_dict",
     "load_config",
+    "resolve_config_path",
     "save_config",
 ]
 
@@ -89,7 +91,12 @@ _FIT = _fit_defaults()
 
 LINEAR_CHOICES = ("permutation", "lu", "none")
 COUPLING_CHOICES = ("spline", "affine")
-DEVICE_CHOICES = ("cpu", "cuda")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+#: the data set name of your own data (files in ``data.x_file`` and friends).
+ARRAYS_NAME = "arrays"
+#: the DataConfig fields that name data files of your own data.
+ARRAY_FILE_FIELDS = ("x_file", "theta_file", "x_test_file", "theta_test_file", "x_ood_file")
 
 #: largest sample size a config accepts (data.n_train, evaluation.n_test / n_generate).
 MAX_SAMPLES = 10**9
@@ -114,6 +121,14 @@ class DataConfig:
             training split (10^5 for the simulators).
         data_dir: directory of file-backed data sets (``--data-dir``).
         seed: seed of the simulated training sample.
+        x_file: your own data (``name = "arrays"``): a ``.npy``, ``.npz`` or ``.csv`` file of
+            ``(N, d)`` points (``--data``); the other splits are carved off it unless given.
+        theta_file: parameters of each point, ``(N, p)`` (``--theta``).
+        x_test_file: explicit test points (``--test-data``).
+        theta_test_file: their parameters (``--test-theta``).
+        x_ood_file: out-of-distribution points for the OOD AUC (``--ood-data``).
+        checksums: SHA-256 digests of the files above, ``key:digest`` pairs separated by commas;
+            written by ``mflows train`` so that a run refuses data files that changed since.
     """
 
     name: str = "power"
@@ -123,6 +138,18 @@ class DataConfig:
     n_train: int | None = None
     data_dir: str | None = None
     seed: int = 0
+    x_file: str | None = None
+    theta_file: str | None = None
+    x_test_file: str | None = None
+    theta_test_file: str | None = None
+    x_ood_file: str | None = None
+    checksums: str | None = None
+
+    def files(self) -> dict[str, str]:
+        """The data files of your own data, ``{"x_file": path, ...}`` (only those set)."""
+        return {
+            key: getattr(self, key) for key in ARRAY_FILE_FIELDS if getattr(self, key) is not None
+        }
 
     def options(self) -> dict[str, Any]:
         """Keyword options for :func:`mflows.data.get` (only the ones that are set)."""
@@ -279,7 +306,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    device: str = "cpu"
+    device: str = "auto"
 
     def validate(self) -> RunConfig:
         """Check choices and ranges that do not need the data set; return ``self``.
@@ -296,7 +323,15 @@ class RunConfig:
         _choice("training.algorithm", t.algorithm, ALGORITHMS)
         _choice("model.linear", m.linear, LINEAR_CHOICES, optional=True)
         _choice("model.coupling", m.coupling, COUPLING_CHOICES, optional=True)
-        _choice("device", self.device, DEVICE_CHOICES)
+        check_device_name(self.device)
+        if (d.name == ARRAYS_NAME) != (d.x_file is not None):
+            raise ConfigError(
+                f"data.x_file (your own data) goes with data.name = {ARRAYS_NAME!r}; got "
+                f"data.name = {d.name!r} and data.x_file = {d.x_file!r}"
+            )
+        for key in ARRAY_FILE_FIELDS[1:]:
+            if getattr(d, key) is not None and d.x_file is None:
+                raise ConfigError(f"data.{key} needs data.x_file (your own data)")
         _choice("training.optimizer", t.optimizer, ("adamw", "adam"))
         _choice("training.alternate", t.alternate, ("batch", "epoch"))
         if t.algorithm not in COMPATIBLE[m.kind]:
@@ -386,6 +421,22 @@ SECTIONS: dict[str, type] = {
     "evaluation": EvaluationConfig,
 }
 TOP_LEVEL = ("device",)
+
+
+def check_device_name(name: str) -> str:
+    """Checks the spelling of a device name (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``).
+
+    Whether the device exists is checked when it is used
+    (:func:`mflows.experiments.build.torch_device`).
+
+    Raises:
+        ConfigError: for any other name.
+    """
+    if name in ("auto", "cpu", "cuda", "mps"):
+        return name
+    if name.startswith("cuda:") and name[5:].isdigit():
+        return name
+    raise ConfigError(f"device = {name!r} is not valid; choose one of: {', '.join(DEVICE_CHOICES)}")
 
 
 def _choice(key: str, value: str | None, choices: Iterable[str], optional: bool = False) -> None:
@@ -519,15 +570,59 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def _shipped_configs():
+    from importlib import resources
+
+    return resources.files("mflows") / "configs"
+
+
+def config_names() -> list[str]:
+    """Names of the configurations shipped with mflows (``power_mf_alternating``, ...)."""
+    return sorted(
+        p.name[: -len(".toml")] for p in _shipped_configs().iterdir() if p.name.endswith(".toml")
+    )
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config file from a path, or from the name of a shipped config (``power_pae``).
+
+    An existing file wins; otherwise a bare name (no directory part, optionally ending in
+    ``.toml``) is looked up among the configurations shipped in the package.
+
+    Raises:
+        ConfigError: if neither exists (the message lists close shipped names).
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    if path.parent == Path(".") and path.suffix in ("", ".toml"):
+        candidate = _shipped_configs() / f"{path.stem}.toml"
+        if candidate.is_file():
+            return Path(str(candidate))
+        import difflib
+
+        close = difflib.get_close_matches(path.stem, config_names(), n=3, cutoff=0.5)
+        hint = f"; did you mean: {', '.join(close)}" if close else ""
+        raise ConfigError(
+            f"config {text!r} is neither a file nor a shipped config name (`mflows config list` "
+            f"shows them){hint}"
+        )
+    raise ConfigError(f"config file {text!r} does not exist")
+
+
 def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
     """Load a TOML (``.toml``) or JSON (``.json``) run configuration.
+
+    Args:
+        path: a file, or the name of a configuration shipped with mflows
+            (:func:`config_names`, e.g. ``"power_mf_alternating"``).
+        base: configuration to start from.
 
     Raises:
         ConfigError: if the file is missing, cannot be parsed, or holds invalid keys/values.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+    path = resolve_config_path(path)
     try:
         if path.suffix.lower() == ".json":
             raw = json.loads(path.read_text())

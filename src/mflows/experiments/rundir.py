@@ -6,7 +6,8 @@ A run directory holds everything about one experiment::
       config.json     the resolved RunConfig (written first)
       model.pt        the trained model (``mflows.load``); written last
       history.csv     loss curves
-      train_info.json training time, sample size, best epoch
+      train_info.json training time, sample size, epochs, best epoch, seed, device, versions
+      tensorboard/    TensorBoard events (``mflows train --tensorboard``)
       metrics.json    written by ``evaluate_run``
       plots/*.png     written by ``evaluate_run``
       report.html     written by ``evaluate_run`` (embeds every plot)
@@ -41,6 +42,7 @@ __all__ = [
     "PLOTS_DIR",
     "REPORT_FILE",
     "RUN_FILES",
+    "TENSORBOARD_DIR",
     "TRAIN_INFO_FILE",
     "clear_run",
     "lock_run",
@@ -56,6 +58,7 @@ REPORT_FILE = "report.html"
 TRAIN_INFO_FILE = "train_info.json"
 PLOTS_DIR = "plots"
 CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
 
 #: what a run writes (and what ``overwrite`` removes); nothing else in the directory is touched.
@@ -68,6 +71,7 @@ RUN_FILES = (
     TRAIN_INFO_FILE,
     PLOTS_DIR,
     CHECKPOINT_DIR,
+    TENSORBOARD_DIR,
 )
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,8 +28,10 @@ from mflows.errors import (
 from mflows.experiments import rundir as R
 from mflows.experiments.build import (
     build_model,
+    data_checksums,
     get_dataset,
     load_split,
+    resolve_device,
     torch_device,
 )
 from mflows.experiments.config import RunConfig, apply_overrides, load_config, save_config
@@ -38,6 +40,7 @@ from mflows.files import atomic_write
 __all__ = [
     "LoadedRun",
     "evaluate_run",
+    "extend_run",
     "format_metrics",
     "load_run",
     "sample_run",
@@ -95,6 +98,8 @@ def train_run(
     *,
     progress: bool = True,
     overwrite: bool = False,
+    log_dir: str | Path | None = None,
+    messages: Callable[[str], None] | None = None,
 ) -> Path:
     """Build the data set and model of ``config``, train it and save the run.
 
@@ -108,6 +113,9 @@ def train_run(
         progress: show a progress bar.
         overwrite: replace an existing run, or write into a non-empty directory that is not a
             run (only the run's own files are replaced there).
+        log_dir: also write the loss curves there as TensorBoard events (when tensorboard is
+            installed).
+        messages: called with one-line status messages ("resuming from epoch 7 of 50").
 
     Returns:
         The run directory.
@@ -119,11 +127,11 @@ def train_run(
         ConfigError: if the configuration does not fit the data set.
         TrainingDivergedError: if the loss became NaN or infinite.
     """
-    from mflows import training
 
-    config.validate()
+    config = with_data_checksums(config.validate())
     out = Path(out_dir)
     _check_out_dir(out, config, overwrite)
+    device = resolve_device(config.device)
     dataset = get_dataset(config.data)
     batch = load_split(dataset, "train", config.data.n_train, config.data.seed)
     if config.training.scandal is not None and batch.scores is None:
@@ -140,19 +148,18 @@ def train_run(
             (out / name).unlink(missing_ok=True)
         save_config(config, out / R.CONFIG_FILE)
         checkpoints = out / R.CHECKPOINT_DIR
-        scores = batch.scores if config.training.scandal is not None else None
         start = time.perf_counter()
         try:
-            history = training.fit(
+            history = _fit_with_progress(
                 model,
-                batch.x,
-                context=batch.theta,
-                scores=scores,
+                batch,
+                config,
+                _fit_options(config),
+                checkpoints=checkpoints,
                 progress=progress,
-                checkpoint_dir=checkpoints,
-                resume=True,
-                device=config.device,
-                **_fit_options(config),
+                messages=messages,
+                device=device,
+                log_dir=log_dir,
             )
         except TrainingDivergedError:
             raise
@@ -186,16 +193,208 @@ def train_run(
             "training_seconds": elapsed,
             "n_train": int(batch.x.shape[0]),
             "best_epoch": getattr(history, "best_epoch", None),
+            "epochs": len(getattr(history, "records", []) or []) or config.training.epochs,
+            "seed": config.training.seed,
+            "device": device,
+            "versions": versions(),
         }
         atomic_write(out / R.TRAIN_INFO_FILE, json.dumps(info, indent=2) + "\n")
         shutil.rmtree(checkpoints, ignore_errors=True)
     return out
 
 
+def with_data_checksums(config: RunConfig) -> RunConfig:
+    """``config`` with ``data.checksums`` recorded for your own data files (when not yet set)."""
+    if config.data.x_file is None or config.data.checksums:
+        return config
+    data = dataclasses.replace(config.data, checksums=data_checksums(config.data))
+    return dataclasses.replace(config, data=data)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, mflows, torch and numpy (recorded with each run)."""
+    import platform
+
+    import torch
+
+    import mflows
+
+    return {
+        "python": platform.python_version(),
+        "mflows": mflows.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _resumed_epochs(checkpoints: Path) -> int:
+    """Epochs done by an interrupted run that left a checkpoint (0 when there is none)."""
+    from mflows.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    path = checkpoints / CHECKPOINT_NAME
+    if not path.is_file():
+        return 0
+    try:
+        return len(load_checkpoint(path)["history"]["records"])
+    except Exception:  # unreadable: the trainer reports it precisely
+        return 0
+
+
+def _fit_with_progress(
+    model,
+    batch,
+    config: RunConfig,
+    options: dict[str, Any],
+    *,
+    checkpoints: Path,
+    progress: bool,
+    messages: Callable[[str], None] | None,
+    **kwargs: Any,
+):
+    """``fit`` with resume message and the progress bars of :mod:`mflows.experiments.progress`."""
+    from mflows import training
+    from mflows.experiments.progress import TrainingProgress, steps_per_epoch
+
+    epochs = options["epochs"]
+    total = sum(epochs) if isinstance(epochs, tuple | list) else int(epochs)
+    done = _resumed_epochs(checkpoints)
+    if done and messages is not None:
+        messages(f"resuming from epoch {done} of {total} (checkpoints in {checkpoints})")
+    t = config.training
+    steps = steps_per_epoch(
+        len(batch.x), t.batch_size, t.validation_split, t.algorithm, t.alternate
+    )
+    scores = batch.scores if t.scandal is not None else None
+    with TrainingProgress(total, done, steps, enabled=progress) as bars:
+        return training.fit(
+            model,
+            batch.x,
+            context=batch.theta,
+            scores=scores,
+            progress=False,
+            checkpoint_dir=checkpoints,
+            resume=True,
+            callback=bars.callback,
+            **kwargs,
+            **options,
+        )
+
+
 def _fit_options(config: RunConfig) -> dict[str, Any]:
     from mflows.experiments.build import fit_options
 
     return fit_options(config.training)
+
+
+def extend_run(
+    run_dir: str | Path,
+    epochs: int,
+    *,
+    progress: bool = True,
+    log_dir: str | Path | None = None,
+    messages: Callable[[str], None] | None = None,
+) -> Path:
+    """Train a finished run further, to ``epochs`` epochs in all.
+
+    The trained weights of ``model.pt`` are the starting point; the ``epochs - done`` new epochs
+    run the configured scheme with a fresh optimiser and learning-rate schedule (an interrupted
+    extension resumes from its checkpoints when rerun). ``history.csv`` is continued,
+    ``config.json`` records the new total, metrics and report of the old model are removed.
+
+    Raises:
+        RunError: for an unfinished or unreadable run, or ``epochs`` not above the epochs done.
+    """
+    from mflows.files import atomic_path
+
+    run_dir = Path(run_dir)
+    config = _run_config(run_dir, (), None)
+    done = config.training.epochs
+    if epochs <= done:
+        raise RunError(
+            f"{run_dir} was trained for {done} epochs; to extend it ask for more than {done} in all"
+        )
+    extra = epochs - done
+    device = resolve_device(config.device)
+    dataset = get_dataset(config.data)
+    batch = load_split(dataset, "train", config.data.n_train, config.data.seed)
+    model = _load_model(run_dir, config)
+    model.train()
+    previous = _read_history(run_dir / R.HISTORY_FILE)
+    with R.lock_run(run_dir):
+        checkpoints = run_dir / R.CHECKPOINT_DIR
+        if messages is not None:
+            messages(f"extending {run_dir}: epochs {done + 1} to {epochs} ({extra} more)")
+        options = _fit_options(
+            dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=extra))
+        )
+        start = time.perf_counter()
+        try:
+            history = _fit_with_progress(
+                model,
+                batch,
+                config,
+                options,
+                checkpoints=checkpoints,
+                progress=progress,
+                messages=messages,
+                device=device,
+                log_dir=log_dir,
+            )
+        except (CheckpointError, ResumeMismatchError) as error:
+            raise RunError(f"{error}; delete {checkpoints} to restart the extension") from None
+        elapsed = time.perf_counter() - start
+        records = [dict(r) for r in getattr(history, "records", [])]
+        for record in records:
+            if isinstance(record.get("epoch"), int | float):
+                record["epoch"] = int(record["epoch"]) + done
+        R.write_history(previous + records, run_dir / R.HISTORY_FILE)
+        with atomic_path(run_dir / R.MODEL_FILE) as tmp:
+            model.save(tmp)
+        new_config = dataclasses.replace(
+            config, training=dataclasses.replace(config.training, epochs=epochs)
+        )
+        save_config(new_config, run_dir / R.CONFIG_FILE)
+        info = _read_json(run_dir / R.TRAIN_INFO_FILE)
+        best = getattr(history, "best_epoch", None)
+        info.update(
+            training_seconds=float(info.get("training_seconds", 0.0)) + elapsed,
+            best_epoch=None if best is None else int(best) + done,
+            epochs=epochs,
+            extended_from=done,
+            device=device,
+            versions=versions(),
+        )
+        atomic_write(run_dir / R.TRAIN_INFO_FILE, json.dumps(info, indent=2) + "\n")
+        for name in (R.METRICS_FILE, R.REPORT_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return run_dir
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key, value in row.items():
+            for kind in (int, float):
+                try:
+                    row[key] = kind(value)
+                    break
+                except (TypeError, ValueError):
+                    continue
+    return rows
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,7 +476,31 @@ def _context_for(dataset, theta: Sequence[float] | np.ndarray | None) -> np.ndar
         )
     if not np.isfinite(value).all():
         raise ConfigError(f"theta must be finite, got {value.tolist()}")
+    _check_prior(dataset, value)
     return value
+
+
+def _check_prior(dataset, theta: np.ndarray) -> None:
+    """Refuses a theta outside the data set's prior support (or, for your own data, outside
+    the range of the training parameters)."""
+    if dataset.has_truth.get("log_prior", False):
+        if not np.isfinite(dataset.log_prior(theta[None].astype(np.float64))).all():
+            doc = (type(dataset).log_prior.__doc__ or "").strip().splitlines()
+            prior = doc[0].replace("``", "").rstrip(".;") if doc else "see its description"
+            raise ConfigError(
+                f"theta = {theta.tolist()} is outside the prior of {dataset.name} "
+                f"(log prior: {prior})"
+            )
+        return
+    bounds = getattr(dataset, "theta_range", None)
+    if bounds is not None:
+        low, high = bounds
+        if np.any(theta < low) or np.any(theta > high):
+            raise ConfigError(
+                f"theta = {theta.tolist()} is outside the range of the training parameters of "
+                f"{dataset.name} ({low.tolist()} .. {high.tolist()}); the model was not "
+                "trained there"
+            )
 
 
 def sample_run(
@@ -363,7 +586,7 @@ def evaluate_run(
     )
     with R.lock_run(run_dir):
         scored = score_with_artifacts(
-            model, dataset, options, device=config.device, progress=progress
+            model, dataset, options, device=resolve_device(config.device), progress=progress
         )
         metrics = {
             "dataset": dataset.name,
@@ -392,7 +615,17 @@ def _make_plots(run: LoadedRun, artifacts: dict[str, Any], plots_dir: Path) -> l
         paths.append(P.plot_image_grid(samples[:36], plots_dir / "samples.png", title="samples"))
         paths.append(P.plot_image_grid(test[:36], plots_dir / "test_images.png", title="data"))
     else:
-        paths.append(P.plot_samples(samples, test, plots_dir / "samples_vs_truth.png"))
+        context = artifacts.get("context")
+        where = "" if context is None else f" at theta = {np.round(context, 4).tolist()}"
+        paths.append(
+            P.plot_samples(
+                samples,
+                test,
+                plots_dir / "samples_vs_truth.png",
+                labels=("model samples", "test data"),
+                title=f"{dataset.name}: samples{where}",
+            )
+        )
         if model.has_manifold and model.latent_dim <= 2:
             path = plots_dir / "learned_manifold.png"
             context = artifacts.get("context")
@@ -444,6 +677,21 @@ def _write_plots_and_report(run: LoadedRun, metrics: dict[str, Any], artifacts: 
     title = (
         f"mflows: {run.config.model.kind} ({run.config.training.algorithm}) on {run.dataset.name}"
     )
+    info = _read_json(run.run_dir / R.TRAIN_INFO_FILE)
+    context = artifacts.get("context")
+    details = {
+        "data": run.dataset.name,
+        "theta (samples and OOD points)": "none (unconditional)"
+        if context is None
+        else np.asarray(context).tolist(),
+        "training time (s)": info.get("training_seconds"),
+        "epochs": info.get("epochs", run.config.training.epochs),
+        "best epoch": info.get("best_epoch"),
+        "seed (training)": run.config.training.seed,
+        "seed (evaluation)": run.config.evaluation.seed,
+        "device": info.get("device", run.config.device),
+        "versions": info.get("versions") or versions(),
+    }
     write_report(
         run.run_dir,
         metrics=metrics,
@@ -451,6 +699,7 @@ def _write_plots_and_report(run: LoadedRun, metrics: dict[str, Any], artifacts: 
         config=dataclasses.asdict(run.config),
         title=title,
         filename=R.REPORT_FILE,
+        details=details,
     )
 
 
