@@ -680,3 +680,9 @@ def test_paper_schemes_are_compatible_in_the_registry():
 
     for kind, training in SCHEMES.values():
         registry.check_algorithm(training, kind)  # raises if the table disagrees
+
+
+def test_compile_flag_sets_the_training_option():
+    assert _config("--dataset", "power", "--compile").training.compile is True
+    assert _config("--dataset", "power").training.compile is False
+    assert _config("--dataset", "power").training.data_init is True

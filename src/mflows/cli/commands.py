@@ -62,6 +62,8 @@ def train_config_from_args(args: argparse.Namespace) -> RunConfig:
     sets += _own_data_sets(args)
     if args.latent_dim is not None:
         sets.append(f"model.latent_dim={args.latent_dim}")
+    if getattr(args, "compile", False):
+        sets.append("training.compile=true")
     if args.seed is not None:
         if args.seed < 0:
             raise CLIError(f"--seed must be >= 0, got {args.seed}")

@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         "validation split and batching (training.seed and data.seed)",
     )  # fmt: skip
     train.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the training losses with torch.compile (training.compile): minutes of "
+        "compilation up front, ~1.5x faster steps afterwards; pays off on long runs only",
+    )
+    train.add_argument(
         "--tensorboard",
         action="store_true",
         help="also log the loss curves as TensorBoard events in RUN/tensorboard (needs "

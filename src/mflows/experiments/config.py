@@ -253,6 +253,9 @@ class TrainingConfig:
             likelihood training (``--msefactor``).
         alternate: alternating schemes switch phases every ``batch`` or every ``epoch``.
         seed: seed of initialisation, validation split and batching.
+        data_init: start the manifold at the PCA plane of the training data (models with LU
+            layers in the outer flow; see :func:`mflows.initialization.initialize_from_data`).
+        compile: compile the training losses with ``torch.compile`` (``--compile``).
     """
 
     algorithm: str = "alternating"  # the paper's recommended scheme (fit itself: "likelihood")
@@ -269,6 +272,8 @@ class TrainingConfig:
     reconstruction_weight: float = _FIT["reconstruction_weight"]
     alternate: str = _FIT["alternate"]
     seed: int = _FIT["seed"]
+    data_init: bool = _FIT["data_init"]
+    compile: bool = _FIT["compile"]
 
 
 @dataclass(frozen=True)

@@ -455,7 +455,12 @@ def load_run(
     run_dir = Path(run_dir)
     config = _run_config(run_dir, overrides, device)
     dataset = get_dataset(config.data)
-    return LoadedRun(config, _load_model(run_dir, config), dataset, run_dir)
+    model = _load_model(run_dir, config)
+    # evaluation and sampling: mflows' thread policy unless the user chose (--threads, env)
+    from mflows.threads import apply_default_policy
+
+    apply_default_policy(model, batch_size=1000)
+    return LoadedRun(config, model, dataset, run_dir)
 
 
 # --------------------------------------------------------------------------------------------
