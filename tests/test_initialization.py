@@ -252,3 +252,24 @@ def learn(n: int, d: int, epochs: int = 3, **options) -> tuple[float, float]:
 def test_default_mflow_learns_a_rotated_curved_manifold(n: int, d: int, bound: float) -> None:
     err, pca = learn(n, d)
     assert err < bound, (err, pca)
+
+
+def test_a_fresh_run_with_resume_true_is_initialised_like_any_fresh_run(tmp_path) -> None:
+    """The CLI always passes resume=True; with no checkpoint yet it is a fresh, PCA-started run."""
+    x = torch.randn(120, 3, generator=torch.Generator().manual_seed(0)) @ torch.tensor(
+        [[1.0, 2.0, 0.5], [0.3, -1.0, 2.0], [0.0, 0.1, 0.01]]
+    )
+    models = []
+    for resume in (False, True):
+        model = mflows.make_model("mflow", 3, 2, outer_layers=2, inner_layers=1,
+                                  hidden_features=8, num_blocks=1, seed=0)  # fmt: skip
+        mflows.fit(model, x, algorithm="alternating", epochs=1, batch_size=30, progress=False,
+                   checkpoint_dir=tmp_path / str(resume), resume=resume)  # fmt: skip
+        models.append(model)
+    fresh = mflows.make_model("mflow", 3, 2, outer_layers=2, inner_layers=1, hidden_features=8,
+                              num_blocks=1, seed=0)  # fmt: skip
+    mflows.fit(fresh, x, algorithm="alternating", epochs=1, batch_size=30, progress=False,
+               data_init=False)  # fmt: skip
+    a, b = (m.state_dict() for m in models)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], fresh.state_dict()[k]) for k in a)

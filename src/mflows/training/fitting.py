@@ -270,10 +270,9 @@ def fit(
         callback=callback,
         compile=compile,
     )
-    if data_init:
-        # Idempotent (a model whose first LU layer has moved is left alone), and a resumed run
-        # replaces every weight with its checkpoint's, so this also runs when resume=True: a
-        # run started with resume=True and no checkpoint yet is a fresh run.
+    resuming = resume and trainer.checkpoint_path is not None and trainer.checkpoint_path.exists()
+    if data_init and not resuming:
+        # a run started with resume=True and no checkpoint yet is a fresh run: initialise it
         from mflows.initialization import initialize_from_data
 
         initialize_from_data(model, x[train_idx], None if context is None else context[train_idx])
