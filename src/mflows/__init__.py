@@ -17,16 +17,19 @@ References:
 """
 
 from mflows import data, evaluation, models, training, transforms
+from mflows.dimension import DimensionEstimate, estimate_dimension
 from mflows.models import Model, load, make_model
 from mflows.training import History, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DimensionEstimate",
     "History",
     "Model",
     "__version__",
     "data",
+    "estimate_dimension",
     "evaluation",
     "fit",
     "load",

@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from mflows.cli.dimension import run_dimension
 from mflows.cli.paper import (
     _SCHEDULE_FLAGS,
     PAPER_FLAGS,
@@ -162,4 +163,5 @@ COMMANDS = {
     "sample": _cmd_sample,
     "data": _cmd_data,
     "demo": _cmd_demo,
+    "dimension": run_dimension,
 }
