@@ -246,8 +246,9 @@ def estimate_dimension(
         device: training device.
         fit_options: further keyword arguments of :func:`mflows.fit`.
         **architecture: architecture options of :func:`mflows.make_model` (kind ``mflow``;
-            default here ``linear="lu"``, measured to order the coordinates far better than
-            permutations).
+            defaults here: ``linear="lu"``, measured to order the coordinates far better than
+            permutations, and ``tail_bound`` = 1.2 x the 99.9 % quantile of ``|x|``, at least
+            3, so that the splines cover the data).
 
     Returns:
         A :class:`DimensionEstimate` (chosen n, error curve, criterion, trained model).
@@ -277,6 +278,9 @@ def estimate_dimension(
 
     architecture.setdefault("seed", int(seed))
     architecture.setdefault("linear", "lu")
+    # splines are linear outside [-B, B]: cover the data (the power surface reaches |x| ~ 7)
+    reach = float(torch.quantile(train.reshape(-1).abs().double(), 0.999))
+    architecture.setdefault("tail_bound", max(3.0, math.ceil(1.2 * reach)))
     data_dim: int | tuple[int, ...] = shape if len(shape) > 1 else shape[0]
     model = make_model("mflow", data_dim, int(max_dim), **architecture)
     model.nested_decay = float(decay)  # read by the nested_mse loss
