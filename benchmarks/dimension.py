@@ -55,7 +55,9 @@ def _log_likelihood(model: Any, x: np.ndarray) -> float:
     return float(lp.mean())
 
 
-def run_case(case: str, epochs: int, density_epochs: int, samples: int, seed: int) -> dict:
+def run_case(
+    case: str, epochs: int, density_epochs: int, samples: int, seed: int, decay: float = 0.5
+) -> dict:
     spec = CASES[case]
     ds = mflows.data.get(spec["name"], **spec["options"])
     x = ds.load("train", samples, seed=seed).x
@@ -64,7 +66,7 @@ def run_case(case: str, epochs: int, density_epochs: int, samples: int, seed: in
     var = float(((x_test - x_test.mean(0)) ** 2).sum(1).mean())
     fit_kw = {"progress": False, "seed": seed}
 
-    est = mflows.estimate_dimension(x, max_dim, epochs=epochs, seed=seed, **ARCH)
+    est = mflows.estimate_dimension(x, max_dim, epochs=epochs, seed=seed, decay=decay, **ARCH)
     arch = {**ARCH, "tail_bound": est.model.config["architecture"]["tail_bound"]}
     ordered_test = reconstruction_curve(est.model, x_test)
     result: dict[str, Any] = {
@@ -130,14 +132,18 @@ def main() -> None:
     parser.add_argument("--density-epochs", type=int, default=10)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decay", type=float, default=0.5, help="truncation distribution")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dimension"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     from mflows.files import atomic_write
 
     for case in args.cases:
-        result = run_case(case, args.epochs, args.density_epochs, args.samples, args.seed)
-        atomic_write(args.out / f"{case}.json", json.dumps(result, indent=2) + "\n")
+        result = run_case(
+            case, args.epochs, args.density_epochs, args.samples, args.seed, args.decay
+        )
+        name = case if args.decay == 0.5 else f"{case}-decay{args.decay:g}"
+        atomic_write(args.out / f"{name}.json", json.dumps(result, indent=2) + "\n")
         one = result["one_run"]
         print(
             f"{case}: chosen n={one['dimension']} (true {result['true_n']}), "

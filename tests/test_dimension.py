@@ -56,6 +56,11 @@ def test_nested_error_masks_the_trailing_coordinates():
     torch.testing.assert_close(
         L.nested_reconstruction_error(x, u, decode, keep, log=True), per_k.log().mean()
     )
+    # keep=None: every sample at every k, the exact mean over k
+    every = torch.stack(
+        [L.nested_reconstruction_error(x, u, decode, torch.full((6,), k)) for k in (1, 2, 3)]
+    ).mean()
+    torch.testing.assert_close(L.nested_reconstruction_error(x, u, decode, None), every)
     got.backward()
     assert decode.weight.grad is not None and decode.weight.grad.abs().sum() > 0
 
@@ -130,7 +135,7 @@ def test_estimate_dimension_validates_and_is_reproducible():
     with pytest.raises(InvalidArgumentError):
         mflows.estimate_dimension(x, 4)
     with pytest.raises(InvalidArgumentError):
-        mflows.estimate_dimension(x, 2, decay=0.0)
+        mflows.estimate_dimension(x, 2, decay=-1.0)
     kw = dict(epochs=1, outer_layers=1, hidden_features=8, batch_size=20)
     a = mflows.estimate_dimension(x, 2, seed=1, **kw)
     b = mflows.estimate_dimension(x, 2, seed=1, **kw)

@@ -266,8 +266,8 @@ def estimate_dimension(
     size = math.prod(shape)
     if not isinstance(max_dim, int | np.integer) or not 1 <= int(max_dim) <= size:
         raise InvalidArgumentError(f"expected an integer 1 <= max_dim <= {size}, got {max_dim!r}")
-    if not 0.0 < float(decay) <= 1.0:
-        raise InvalidArgumentError(f"expected 0 < decay <= 1, got {decay}")
+    if not (0.0 <= float(decay) < math.inf):
+        raise InvalidArgumentError(f"expected a finite decay >= 0, got {decay}")
     if not 0.0 < float(holdout) < 1.0:
         raise InvalidArgumentError(f"expected 0 < holdout < 1, got {holdout}")
     n_hold = round(len(data) * float(holdout))

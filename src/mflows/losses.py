@@ -56,7 +56,7 @@ def truncation_sizes(
 
 
 def nested_reconstruction_error(
-    x: Tensor, u: Tensor, decode: Any, keep: Tensor, *, log: bool = False
+    x: Tensor, u: Tensor, decode: Any, keep: Tensor | None, *, log: bool = False
 ) -> Tensor:
     r"""Reconstruction error with only the first ``keep[i]`` latent coordinates of sample i.
 
@@ -78,13 +78,19 @@ def nested_reconstruction_error(
         x: data, ``(B, *)``.
         u: their latent coordinates ``(B, m)``.
         decode: ``u -> x`` on ``(B, m)``.
-        keep: ``(B,)`` integers in ``1..m``.
+        keep: ``(B,)`` integers in ``1..m``; ``None``: every sample at every k (``m`` decodes,
+            the exact mean over k = 1..m).
         log: average the log of the per-k errors (see above).
 
     Returns:
         Scalar.
     """
     m = u.shape[-1]
+    if keep is None:
+        b = u.shape[0]
+        keep = torch.arange(1, m + 1, device=u.device).repeat_interleave(b)
+        u = u.repeat(m, *([1] * (u.dim() - 1)))
+        x = x.repeat(m, *([1] * (x.dim() - 1)))
     keep = keep.to(u.device)
     mask = torch.arange(m, device=u.device) < keep.unsqueeze(-1)
     x_hat = decode(u * mask.to(u.dtype))

@@ -139,7 +139,9 @@ def compute_losses(
         terms["mse"] = L.reconstruction_error(x, model.project(x, context))
     if "nested_mse" in weights:
         u = model.encode(x, context)
-        if model.training:  # the global RNG, re-seeded by the Trainer every epoch
+        if getattr(model, "nested_decay", 1.0) == 0:  # every k for every sample
+            keep = None
+        elif model.training:  # the global RNG, re-seeded by the Trainer every epoch
             keep = L.truncation_sizes(len(u), u.shape[-1], getattr(model, "nested_decay", 1.0))
         else:
             keep = torch.arange(len(u)) % u.shape[-1] + 1
