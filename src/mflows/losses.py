@@ -48,7 +48,8 @@ def truncation_sizes(
 ) -> Tensor:
     """Random numbers of kept latent coordinates for nested dropout, ``(batch,)`` in ``1..m``.
 
-    ``P(k) ~ decay^(k - 1)``: ``decay = 1`` is uniform, ``decay < 1`` favours small k.
+    ``P(k) ~ decay^(k - 1)``: ``decay = 1`` is uniform, ``decay < 1`` favours small k,
+    ``decay > 1`` large k.
     Drawn from ``generator`` (default: the global torch RNG, which the trainer seeds every epoch).
     """
     weights = float(decay) ** torch.arange(int(max_dim), dtype=torch.float64)
