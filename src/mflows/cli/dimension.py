@@ -103,7 +103,7 @@ def write_curve_plot(result: dict[str, Any], path: Path) -> Path:
     ax.semilogy(ks, result["relative_errors"], "o-", color="C0")
     ax.axvline(result["dimension"], color="C3", ls="--", label=f"chosen n = {result['dimension']}")
     ax.set_xlabel("latent coordinates kept, k")
-    ax.set_ylabel("held-out reconstruction error / variance")
+    ax.set_ylabel("held-out error / variance")
     ax.set_xticks(ks)
     ax.legend()
     fig.tight_layout()
@@ -115,21 +115,28 @@ def write_curve_plot(result: dict[str, Any], path: Path) -> Path:
 
 def run_dimension(args: argparse.Namespace) -> int:
     """The ``mflows dimension`` command."""
+    from mflows.cli.paper import CLIError
     from mflows.dimension import estimate_dimension
     from mflows.files import atomic_write
 
-    x = _load(args)
+    try:
+        x = _load(args)
+    except (ValueError, TypeError) as error:  # unknown data set or option
+        raise CLIError(str(error)) from error
     options = {} if args.threshold is None else {"threshold": args.threshold}
-    estimate = estimate_dimension(
-        x,
-        args.max_dim,
-        epochs=args.epochs,
-        criterion=args.criterion,
-        criterion_options=options,
-        seed=args.seed,
-        progress=not args.quiet,
-        device=args.device,
-    )
+    try:
+        estimate = estimate_dimension(
+            x,
+            args.max_dim,
+            epochs=args.epochs,
+            criterion=args.criterion,
+            criterion_options=options,
+            seed=args.seed,
+            progress=not args.quiet,
+            device=args.device,
+        )
+    except ValueError as error:  # bad max_dim, threshold, too few or non-finite points
+        raise CLIError(str(error).replace("max_dim", "--max-dim")) from error
     result = estimate.to_dict()
     print(f"{'k':>3}  {'error':>10}  {'error/variance':>14}")
     for k, (e, r) in enumerate(zip(result["errors"], result["relative_errors"]), start=1):
