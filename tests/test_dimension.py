@@ -194,3 +194,27 @@ def test_recovers_the_2_sphere_in_d9():
     assert est.dimension == 2, est.relative_errors
     rel = est.relative_errors
     assert rel[1] < 0.1 * rel[0]  # the 2-manifold explains >90 % of what the curve does
+
+
+def test_nested_training_resumes_bit_identically(tmp_path):
+    from mflows.dimension import nested_schedule
+
+    x = np.random.default_rng(1).normal(size=(80, 4)).astype(np.float32)
+
+    def run(**kw):
+        model = _model(seed=3)
+        model.nested_decay = 0.5
+        mflows.fit(model, x, schedule=nested_schedule(3), progress=False, batch_size=20, **kw)
+        return model
+
+    reference = run()
+
+    def stop(epoch, record):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint_dir=tmp_path, callback=stop)
+    resumed = run(checkpoint_dir=tmp_path, resume=True)
+    for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k

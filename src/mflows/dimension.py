@@ -115,10 +115,15 @@ def density_schedule(epochs: int, lr: float | None = None) -> Schedule:
     return Schedule((Stage((phase,), int(epochs)),), "density-only", {"epochs": int(epochs)})
 
 
-def nested_schedule(epochs: int, lr: float | None = None) -> Schedule:
-    """One manifold stage on the nested-dropout reconstruction loss ``nested_mse``."""
+def nested_schedule(epochs: int, lr: float | None = None, decay: float = 0.5) -> Schedule:
+    """One manifold stage on the nested-dropout reconstruction loss ``nested_mse``.
+
+    ``decay`` (the model's ``nested_decay``, which the loss reads) is recorded in the schedule's
+    options, so that a checkpoint of another decay is not resumed.
+    """
     phase = Phase("manifold", "manifold", {"nested_mse": 1.0}, lr)
-    return Schedule((Stage((phase,), int(epochs)),), "nested-dropout", {"epochs": int(epochs)})
+    options = {"epochs": int(epochs), "decay": float(decay)}
+    return Schedule((Stage((phase,), int(epochs)),), "nested-dropout", options)
 
 
 @torch.no_grad()
@@ -288,7 +293,9 @@ def estimate_dimension(
     model.nested_decay = float(decay)  # read by the nested_mse loss
     options = {"batch_size": batch_size, "lr": lr, "seed": seed, "progress": progress}
     options.update(fit_options or {})
-    history = fit(model, train, schedule=nested_schedule(epochs), device=device, **options)
+    history = fit(
+        model, train, schedule=nested_schedule(epochs, decay=decay), device=device, **options
+    )
     errors = reconstruction_curve(model, held)
     flat = held.reshape(len(held), -1).double()
     total = float((flat - flat.mean(0)).square().sum(-1).mean())
