@@ -56,7 +56,7 @@ def _log_likelihood(model: Any, x: np.ndarray) -> float:
 
 
 def run_case(
-    case: str, epochs: int, density_epochs: int, samples: int, seed: int, decay: float = 0.5
+    case: str, epochs: int, density_epochs: int, samples: int, seed: int, decay: float = 0.8
 ) -> dict:
     spec = CASES[case]
     ds = mflows.data.get(spec["name"], **spec["options"])
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--density-epochs", type=int, default=10)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--decay", type=float, default=0.5, help="truncation distribution")
+    parser.add_argument("--decay", type=float, default=0.8, help="truncation distribution")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dimension"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -142,7 +142,7 @@ def main() -> None:
         result = run_case(
             case, args.epochs, args.density_epochs, args.samples, args.seed, args.decay
         )
-        name = case if args.decay == 0.5 else f"{case}-decay{args.decay:g}"
+        name = case if args.decay == 0.8 else f"{case}-decay{args.decay:g}"
         atomic_write(args.out / f"{name}.json", json.dumps(result, indent=2) + "\n")
         one = result["one_run"]
         print(

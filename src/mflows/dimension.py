@@ -115,7 +115,7 @@ def density_schedule(epochs: int, lr: float | None = None) -> Schedule:
     return Schedule((Stage((phase,), int(epochs)),), "density-only", {"epochs": int(epochs)})
 
 
-def nested_schedule(epochs: int, lr: float | None = None, decay: float = 0.5) -> Schedule:
+def nested_schedule(epochs: int, lr: float | None = None, decay: float = 0.8) -> Schedule:
     """One manifold stage on the nested-dropout reconstruction loss ``nested_mse``.
 
     ``decay`` (the model's ``nested_decay``, which the loss reads) is recorded in the schedule's
@@ -223,7 +223,7 @@ def estimate_dimension(
     batch_size: int = 100,
     lr: float = 1e-3,
     holdout: float = 0.2,
-    decay: float = 0.5,
+    decay: float = 0.8,
     criterion: str = "ratio",
     criterion_options: dict[str, float] | None = None,
     seed: int = 0,
