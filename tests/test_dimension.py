@@ -184,13 +184,14 @@ def test_cli_dimension_writes_json_and_plot(tmp_path, capsys):
 
 
 def test_recovers_the_2_sphere_in_d9():
-    """The 2-sphere in R^9 (noise 0.01), one run, max_dim 4, 10 epochs.
+    """The 2-sphere in R^9 (noise 0.01), one run, max_dim 4, 10 epochs, decay 0.5.
 
-    A regression check of this configuration: measured seeds 0 and 2 give 2, seed 1 gives 3
+    A regression check of this short configuration: measured seeds 0 and 2 give 2, seed 1
+    gives 3; with the default decay 0.8 (tuned on 20 epochs, max_dim 8) all three give 3 here
     (the elbow one dimension late, see docs/guide.md, "Choosing the manifold dimension").
     """
     x = mflows.data.get("spherical_gaussian", n=2, d=9).load("train", 2000).x
-    est = mflows.estimate_dimension(x, 4, epochs=10, seed=0)
+    est = mflows.estimate_dimension(x, 4, epochs=10, seed=0, decay=0.5)
     assert est.dimension == 2, est.relative_errors
     rel = est.relative_errors
     assert rel[1] < 0.1 * rel[0]  # the 2-manifold explains >90 % of what the curve does
