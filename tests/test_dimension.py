@@ -150,10 +150,10 @@ def test_recovers_the_dimension_of_a_noisy_plane_curve():
     x = np.stack([t, 0.5 * t**2, np.zeros_like(t), np.zeros_like(t)], 1)
     x = (x + 0.01 * rng.normal(size=x.shape)).astype(np.float32)
     est = mflows.estimate_dimension(
-        x, 3, epochs=8, outer_layers=3, hidden_features=32, num_blocks=1, seed=0
+        x, 3, epochs=16, outer_layers=3, hidden_features=32, num_blocks=1, seed=0
     )
-    assert est.dimension == 1, est.relative_errors
-    assert est.relative_errors[0] < 0.05
+    assert est.dimension == 1, est.relative_errors  # measured: 1 for seeds 0, 1, 2
+    assert est.relative_errors[0] < 0.01
 
 
 def test_cli_dimension_writes_json_and_plot(tmp_path, capsys):
