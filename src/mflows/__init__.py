@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "DimensionEstimate",
     "History",
     "Model",
     "__version__",
     "data",
+    "estimate_dimension",
     "evaluation",
     "fit",
     "load",
@@ -48,10 +50,13 @@ _LAZY = {
     "make_model": "mflows.models",
     "History": "mflows.training",
     "fit": "mflows.training",
+    "DimensionEstimate": "mflows.dimension",
+    "estimate_dimension": "mflows.dimension",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from mflows import data, evaluation, models, training, transforms
+    from mflows.dimension import DimensionEstimate, estimate_dimension
     from mflows.models import Model, load, make_model
     from mflows.training import History, fit
 

@@ -18,10 +18,12 @@ from torch import Tensor
 
 __all__ = [
     "negative_log_likelihood",
+    "nested_reconstruction_error",
     "reconstruction_error",
     "score",
     "score_matching_error",
     "sinkhorn_divergence",
+    "truncation_sizes",
 ]
 
 
@@ -39,6 +41,70 @@ def reconstruction_error(x: Tensor, x_projected: Tensor) -> Tensor:
     """
     diff = (x - x_projected).reshape(x.shape[0], -1)
     return diff.square().sum(-1).mean()
+
+
+def truncation_sizes(
+    batch: int, max_dim: int, decay: float = 1.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """Random numbers of kept latent coordinates for nested dropout, ``(batch,)`` in ``1..m``.
+
+    ``P(k) ~ decay^(k - 1)``: ``decay = 1`` is uniform, ``decay < 1`` favours small k,
+    ``decay > 1`` large k.
+    Drawn from ``generator`` (default: the global torch RNG, which the trainer seeds every epoch).
+    """
+    weights = float(decay) ** torch.arange(int(max_dim), dtype=torch.float64)
+    return torch.multinomial(weights, int(batch), replacement=True, generator=generator) + 1
+
+
+def nested_reconstruction_error(
+    x: Tensor, u: Tensor, decode: Any, keep: Tensor | None, *, log: bool = False
+) -> Tensor:
+    r"""Reconstruction error with only the first ``keep[i]`` latent coordinates of sample i.
+
+    Nested dropout: ``u`` is truncated per sample (coordinates ``keep[i]`` and beyond set to
+    zero) before decoding, so training on random ``keep`` orders the coordinates by importance
+    and the first k coordinates alone span the best k-dimensional manifold the decoder can reach.
+    With ``log=True`` the batch errors are averaged per k and the loss is the mean over the k
+    present of :math:`\log E_k`, so that every k counts by its relative error (measured worse
+    for choosing the dimension: the nearly exact large-k terms then dominate and lock in a flat
+    ordering; see docs/guide.md).
+
+    .. math:: E_k = \frac{1}{|\{i: k_i = k\}|} \sum_{i: k_i = k}
+              \lVert x_i - g(u_{i,1..k}, 0) \rVert^2, \qquad
+              L = \operatorname{mean}_{k \text{ present}} \log E_k
+
+    (``log=False``: :math:`L = \frac{1}{B} \sum_i \lVert x_i - g(u_{i,1..k_i}, 0) \rVert^2`.)
+
+    Args:
+        x: data, ``(B, *)``.
+        u: their latent coordinates ``(B, m)``.
+        decode: ``u -> x`` on ``(B, m)``.
+        keep: ``(B,)`` integers in ``1..m``; ``None``: every sample at every k (``m`` decodes,
+            the exact mean over k = 1..m).
+        log: average the log of the per-k errors (see above).
+
+    Returns:
+        Scalar.
+    """
+    m = u.shape[-1]
+    if keep is None:
+        b = u.shape[0]
+        keep = torch.arange(1, m + 1, device=u.device).repeat_interleave(b)
+        u = u.repeat(m, *([1] * (u.dim() - 1)))
+        x = x.repeat(m, *([1] * (x.dim() - 1)))
+    keep = keep.to(u.device)
+    mask = torch.arange(m, device=u.device) < keep.unsqueeze(-1)
+    x_hat = decode(u * mask.to(u.dtype))
+    squared = (x - x_hat).reshape(x.shape[0], -1).square().sum(-1)
+    if not log:
+        return squared.mean()
+    onehot = torch.nn.functional.one_hot(keep - 1, m).to(squared.dtype)
+    counts = onehot.sum(0)
+    present = counts > 0
+    per_k = (onehot * squared.unsqueeze(-1)).sum(0) / counts.clamp(min=1)
+    tiny = torch.finfo(squared.dtype).tiny
+    logs = torch.where(present, torch.log(per_k.clamp(min=tiny)), torch.zeros_like(per_k))
+    return logs.sum() / present.sum()
 
 
 def negative_log_likelihood(log_prob: Tensor) -> Tensor:

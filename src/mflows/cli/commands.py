@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mflows.cli.dimension import run_dimension
 from mflows.cli.paper import (
     _SCHEDULE_FLAGS,
     PAPER_FLAGS,
@@ -310,4 +311,5 @@ COMMANDS = {
     "data": _cmd_data,
     "config": _cmd_config,
     "demo": _cmd_demo,
+    "dimension": run_dimension,
 }

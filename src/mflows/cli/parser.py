@@ -340,4 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="tiny settings for a smoke test (seconds)"
     )
     _add_common(demo, threads=1)
+
+    from mflows.cli.dimension import add_dimension_parser
+
+    add_dimension_parser(sub, _Formatter, _add_common)
     return parser

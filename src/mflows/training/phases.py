@@ -24,6 +24,10 @@ Loss names (computed by :func:`mflows.training.trainer.compute_losses`):
 
 * ``nll``: ``-log_prob(x | theta)``, the exact model density (AF, PIE, simultaneous M-flow).
 * ``mse``: ``sum |x - project(x)|^2 / B``.
+* ``nested_mse``: nested dropout, ``mse`` decoding only the first k latent coordinates, k drawn
+  per sample in training (``P(k) ~ model.nested_decay^(k-1)``, default uniform, from the
+  trainer's seeded RNG), cycling through ``1..latent_dim`` in validation (used by
+  :func:`mflows.estimate_dimension`).
 * ``latent_nll``: ``-latent_log_prob(u | theta)`` with ``u = encode(x)`` computed without gradient.
 * ``sinkhorn``: Sinkhorn divergence between ``sample(B, theta)`` and the batch.
 * ``score``: SCANDAL, MSE between ``d log p / d theta`` (of ``nll`` or ``latent_nll``, whichever
@@ -55,7 +59,7 @@ __all__ = [
 #: registry's table).
 ALGORITHMS: dict[str, tuple[str, ...]] = registry.COMPATIBLE
 
-LOSS_NAMES = ("nll", "mse", "latent_nll", "sinkhorn", "score")
+LOSS_NAMES = ("nll", "mse", "latent_nll", "sinkhorn", "score", "nested_mse")
 #: How the phases of a stage alternate: every batch or every epoch.
 ALTERNATIONS = ("batch", "epoch")
 PARAMETER_GROUPS = ("manifold", "density", "all")

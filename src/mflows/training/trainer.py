@@ -97,6 +97,17 @@ def compute_losses(
         terms["nll"] = L.negative_log_likelihood(log_prob)
     if "mse" in weights:
         terms["mse"] = L.reconstruction_error(x, model.project(x, context))
+    if "nested_mse" in weights:
+        u = model.encode(x, context)
+        if getattr(model, "nested_decay", 1.0) == 0:  # every k for every sample
+            keep = None
+        elif model.training:  # the global RNG, re-seeded by the Trainer every epoch
+            keep = L.truncation_sizes(len(u), u.shape[-1], getattr(model, "nested_decay", 1.0))
+        else:
+            keep = torch.arange(len(u)) % u.shape[-1] + 1
+        terms["nested_mse"] = L.nested_reconstruction_error(
+            x, u, lambda v: model.decode(v, context), keep
+        )
     if "latent_nll" in weights:
         with torch.no_grad():
             u = model.encode(x, context).detach()
