@@ -271,7 +271,10 @@ def fit(
         compile=compile,
     )
     resuming = resume and trainer.checkpoint_path is not None and trainer.checkpoint_path.exists()
-    if data_init and not resuming:
+    trains_manifold = any(
+        phase.parameters != "density" for stage in schedule.stages for phase in stage.phases
+    )
+    if data_init and trains_manifold and not resuming:
         # a run started with resume=True and no checkpoint yet is a fresh run: initialise it
         from mflows.initialization import initialize_from_data
 
