@@ -39,6 +39,19 @@ def _as_data(a: Any, name: str, shape: tuple[int, ...], n: int | None, model: nn
     return t
 
 
+def _set_standardization(model: nn.Module, x: Tensor, idx: Tensor, standardize: bool) -> None:
+    """Sets the statistics of ``model.standardizer`` once, from the training split ``x[idx]``."""
+    if not isinstance(standardize, (bool, np.bool_)):
+        raise InvalidArgumentError(f"expected standardize True or False, got {standardize!r}")
+    layer = getattr(model, "standardizer", None)
+    if layer is None or layer.is_fitted:
+        return
+    if standardize:
+        layer.set_statistics(x[idx].reshape(len(idx), -1))
+    else:
+        layer.set_statistics(shift=None, scale=None)  # identity, recorded as decided
+
+
 def _check_options(**options: Any) -> dict[str, Any]:
     """Range checks of :func:`fit`'s options (:class:`InvalidArgumentError`), normalised."""
     alternate = options.pop("alternate")
@@ -91,6 +104,7 @@ def fit(
     schedule: Schedule | None = None,
     sinkhorn_options: Mapping[str, Any] | None = None,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
+    standardize: bool = True,
 ) -> History:
     """Trains ``model`` on ``x`` with one of the training schemes (docs/theory.md,
     "Training schemes").
@@ -128,6 +142,11 @@ def fit(
         schedule: a custom :class:`~mflows.training.phases.Schedule` instead of ``algorithm``.
         sinkhorn_options: keyword arguments of :func:`mflows.losses.sinkhorn_divergence`.
         callback: ``callback(epoch, record)`` after every epoch.
+        standardize: set the model's standardisation (``model.standardizer``: mean and standard
+            deviation of the training split) if it has not been set yet; False fixes it at the
+            identity (raw data space). Statistics once set are never changed by ``fit``
+            (resuming and further training keep them; docs/guide.md, "Data scale and
+            standardisation").
 
     Returns:
         The :class:`~mflows.training.trainer.History`; ``model`` is trained in place.
@@ -233,6 +252,7 @@ def fit(
 
     perm = torch.from_numpy(np.random.default_rng([options["seed"], 17]).permutation(n))
     train_idx, val_idx = perm[:n_train], perm[n_train:]
+    _set_standardization(model, x, train_idx, standardize)
 
     def take(idx: Tensor):
         return tuple(None if t is None else t[idx].to(device) for t in (x, context, scores))
