@@ -26,7 +26,7 @@ def _simulations(n: int, seed: int = 0):
 
 
 def test_estimator_shapes_loss_and_density():
-    data, theta, x = _simulations(200)
+    _, theta, x = _simulations(200)
     build = mflows.sbi.likelihood_estimator("mflow", latent_dim=2, **TINY)
     est = build(theta, x)
     model = est.model

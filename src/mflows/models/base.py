@@ -394,7 +394,8 @@ class Model(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Samples and their log densities (as :meth:`log_prob` would give at the samples).
 
-        Manifold models evaluate the density at the drawn latent u directly (no encoding).
+        Manifold models evaluate the density at the drawn latent u directly (no encoding);
+        for an M_e-flow this equals ``log_prob(x)`` where the encoder inverts the decoder.
 
         Returns:
             ``(x, log_prob)`` with shapes ``(*S, *data_dim)`` and ``(*S,)``.
