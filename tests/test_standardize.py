@@ -76,7 +76,7 @@ def _curve_model(kind):
 
 
 def test_manifold_density_integrates_to_one_with_standardisation():
-    """Quadrature along the learned curve in R^2, in original units (offset 5, -3; scales 4, 1/4)."""
+    """Quadrature along the learned curve in R^2, original units (offsets 5, -3; scales 4, 0.25)."""
     model = _curve_model("mflow")
     u = torch.linspace(-12, 12, 20001, dtype=torch.float64)[:, None]
     with torch.no_grad():
