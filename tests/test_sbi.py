@@ -93,7 +93,10 @@ def test_nle_trains_and_samples_the_posterior():
         (200,),
         x=x_o,
         show_progress_bars=False,
-        mcmc_parameters={"num_chains": 10, "warmup_steps": 20, "thin": 1},
+        num_chains=10,
+        warmup_steps=20,
+        thin=1,
+        init_strategy="proposal",
     )
     assert samples.shape == (200, 1)
     assert bool(((samples >= -1) & (samples <= 1)).all())
