@@ -9,7 +9,10 @@ with the median-distance bandwidth of the true samples (the paper's protocol).
 
 Usage::
 
-    .venv/bin/python benchmarks/sbi_power.py --simulations 5000 --out benchmarks/results/sbi/power.json
+    .venv/bin/python benchmarks/sbi_power.py --simulations 5000 --max-epochs 50 \
+        --posterior-samples 1000 --only nsf --out benchmarks/results/sbi/power_nsf.json
+    (and ``--only mflow --out benchmarks/results/sbi/power_mflow.json``; without ``--only``
+    both run, one after the other)
 """
 
 from __future__ import annotations
