@@ -25,9 +25,10 @@ def _simulations(n: int, seed: int = 0):
     )
 
 
-def test_estimator_shapes_loss_and_density():
+@pytest.mark.parametrize("kind", ["mflow", "emflow"])
+def test_estimator_shapes_loss_and_density(kind):
     _, theta, x = _simulations(200)
-    build = mflows.sbi.likelihood_estimator("mflow", latent_dim=2, **TINY)
+    build = mflows.sbi.likelihood_estimator(kind, latent_dim=2, **TINY)
     est = build(theta, x)
     model = est.model
     assert model.theta_enters_manifold is False
@@ -38,6 +39,12 @@ def test_estimator_shapes_loss_and_density():
     loss.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.outer.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.inner.parameters())
+    # the latent NLL alone (stop-gradient on u) reaches no manifold parameter
+    model.zero_grad(set_to_none=True)
+    est.reconstruction_weight = 0.0
+    est.loss(x[:8], theta[:8]).sum().backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.manifold_parameters())
+    est.reconstruction_weight = 1.0
     # log_prob = the model's exact manifold density at the (z-scored) theta
     with torch.no_grad():
         lp = est.log_prob(x[:5], theta[:5])
