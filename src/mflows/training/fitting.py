@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from mflows.errors import InvalidArgumentError
 from mflows.training import defaults
 from mflows.training import distributed as D
+from mflows.training.checkpoint import CHECKPOINT_NAME
 from mflows.training.options import check_epochs, check_float, check_optimizer_options
 from mflows.training.phases import ALTERNATIONS, Schedule, check_algorithm, schedule_for
 from mflows.training.trainer import History, Trainer, model_device
@@ -252,7 +253,9 @@ def fit(
 
     perm = torch.from_numpy(np.random.default_rng([options["seed"], 17]).permutation(n))
     train_idx, val_idx = perm[:n_train], perm[n_train:]
-    _set_standardization(model, x, train_idx, standardize)
+    resuming = resume and checkpoint_dir is not None
+    if not (resuming and (Path(checkpoint_dir) / CHECKPOINT_NAME).exists()):
+        _set_standardization(model, x, train_idx, standardize)  # else: the checkpoint's
 
     def take(idx: Tensor):
         return tuple(None if t is None else t[idx].to(device) for t in (x, context, scores))
