@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,12 @@ def _run(
 ) -> dict[str, Any]:
     from sbi.inference import NLE
 
+    from torch.utils.tensorboard import SummaryWriter
+
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    nle = NLE(prior, density_estimator=estimator, show_progress_bars=False)
+    writer = SummaryWriter(tempfile.mkdtemp(prefix="sbi-logs-"))  # not ./sbi-logs
+    nle = NLE(prior, density_estimator=estimator, summary_writer=writer, show_progress_bars=False)
     net = nle.append_simulations(theta, x).train(
         training_batch_size=args.batch_size,
         learning_rate=args.lr,

@@ -72,7 +72,8 @@ def test_builder_refuses_other_kinds():
 
 
 @pytest.mark.slow
-def test_nle_trains_and_samples_the_posterior():
+def test_nle_trains_and_samples_the_posterior(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # sbi writes TensorBoard logs to ./sbi-logs
     from sbi.inference import NLE
     from sbi.utils import BoxUniform
 
