@@ -38,7 +38,6 @@ def _run(
     name: str, estimator: Any, prior: Any, theta: Any, x: Any, x_o: Any, args: Any
 ) -> dict[str, Any]:
     from sbi.inference import NLE
-
     from torch.utils.tensorboard import SummaryWriter
 
     torch.manual_seed(args.seed)
