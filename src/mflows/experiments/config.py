@@ -215,6 +215,7 @@ class ModelConfig:
     levels: int | None = None
     steps_per_level: int | None = None
     chart: str | None = None
+    standardize: bool | None = None
 
     def architecture(self) -> dict[str, Any]:
         """The architecture options that are set and that the kind takes (the rest: the

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -28,6 +29,8 @@ from mflows.distributions import normal_log_prob
 from mflows.errors import InvalidArgumentError
 from mflows.files import atomic_torch_save
 from mflows.validation import as_tensor, check_context, check_num_samples
+
+SampleShape = int | tuple[int, ...] | torch.Size | list[int]
 
 __all__ = ["DEFAULT_BATCH_CHUNK_SIZE", "EXTREME_INPUT", "FORMAT_NAME", "FORMAT_VERSION", "Model"]
 
@@ -111,6 +114,73 @@ class Model(nn.Module):
         """Device of the model."""
         return self._anchor.device
 
+    @property
+    def standardizer(self) -> Any:
+        """The :class:`~mflows.transforms.standardize.Standardize` layer that maps x to
+        standardised coordinates (first layer of the outer flow), or ``None`` (image models,
+        FOM, models built with ``standardize=False``)."""
+        from mflows.transforms.base import CompositeTransform
+        from mflows.transforms.standardize import Standardize
+
+        outer = getattr(self, "outer", None)
+        if isinstance(outer, CompositeTransform) and len(outer.transforms) > 0:
+            first = outer.transforms[0]
+            if isinstance(first, Standardize):
+                return first
+        return None
+
+    @property
+    def event_shape(self) -> torch.Size:
+        """Shape of one sample x, as in ``torch.distributions``: ``data_shape``."""
+        return torch.Size(self.data_shape)
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        """``torch.Size([])``: a model is one distribution (per context)."""
+        return torch.Size()
+
+    def _leading(self, x: Any, name: str, event: tuple[int, ...]) -> tuple[Any, tuple[int, ...]]:
+        """Flattens leading batch dimensions: ``(*batch, *event) -> (prod(batch), *event)``.
+
+        Returns the (possibly reshaped) input and the batch shape. Inputs with a single leading
+        dimension, and anything malformed, are returned unchanged (checked downstream).
+        """
+        if x is None:
+            return x, ()
+        t = x if isinstance(x, Tensor) else None
+        if t is None:
+            try:
+                array = np.asarray(x)
+            except Exception:  # pragma: no cover - exotic inputs, checked downstream
+                return x, ()
+            if array.dtype == object:
+                return x, ()
+            t = torch.as_tensor(array)
+        k = len(event)
+        if t.dim() > k + 1 and tuple(t.shape[t.dim() - k :]) == tuple(event):
+            batch = tuple(t.shape[: t.dim() - k])
+            return t.reshape(-1, *event), batch
+        if t.dim() == k + 1:
+            return t, (int(t.shape[0]),)
+        return x, ()
+
+    def _leading_context(self, context: Any, batch: tuple[int, ...]) -> Any:
+        if context is None or len(batch) <= 1 or self.context_dim == 0:
+            return context
+        t = context if isinstance(context, Tensor) else torch.as_tensor(np.asarray(context))
+        if t.dim() == len(batch) + 1 and tuple(t.shape[:-1]) == batch:
+            return t.reshape(-1, t.shape[-1])
+        raise InvalidArgumentError(
+            f"expected context of shape ({', '.join(map(str, batch))}, {self.context_dim}) "
+            f"to match the batch dimensions of the input, got {tuple(t.shape)}"
+        )
+
+    @staticmethod
+    def _restore(out: Tensor, batch: tuple[int, ...]) -> Tensor:
+        if len(batch) <= 1:
+            return out
+        return out.reshape(*batch, *out.shape[1:])
+
     def _check_x(self, x: Any, name: str = "x") -> Tensor:
         t = as_tensor(x, name, self.data_shape, dtype=self.dtype, device=self.device)
         return t.reshape(t.shape[0], self.data_size)
@@ -181,86 +251,185 @@ class Model(nn.Module):
         """Manifold coordinates u = g^-1(x).
 
         Args:
-            x: ``(B, *data_dim)``.
-            context: ``(B, context_dim)`` for conditional models, else ``None``.
+            x: ``(*B, *data_dim)`` (any number >= 1 of leading batch dimensions).
+            context: ``(*B, context_dim)`` for conditional models, else ``None``.
 
         Returns:
-            ``(B, latent_dim)``.
+            ``(*B, latent_dim)``.
         """
+        x, batch = self._leading(x, "x", self.data_shape)
+        context = self._leading_context(context, batch)
         x = self._check_x(x)
         u = self._chunked(self._encode, x, self._check_context(context, x.shape[0]))
-        return self._checked("encode", u, x)
+        return self._restore(self._checked("encode", u, x), batch)
 
     def decode(self, u: Any, context: Any = None) -> Tensor:
         """Points on the manifold x = g(u).
 
         Args:
-            u: ``(B, latent_dim)``.
-            context: ``(B, context_dim)`` or ``None``.
+            u: ``(*B, latent_dim)``.
+            context: ``(*B, context_dim)`` or ``None``.
 
         Returns:
-            ``(B, *data_dim)``.
+            ``(*B, *data_dim)``.
         """
+        u, batch = self._leading(u, "u", (self.latent_dim,))
+        context = self._leading_context(context, batch)
         u = self._check_u(u)
         context = self._check_context(context, u.shape[0])
-        return self._unflatten(self._checked("decode", self._chunked(self._decode, u, context), u))
+        x = self._checked("decode", self._chunked(self._decode, u, context), u)
+        return self._restore(self._unflatten(x), batch)
 
     def project(self, x: Any, context: Any = None) -> Tensor:
-        """Projection onto the manifold x' = g(g^-1(x)); ``(B, *data_dim) -> (B, *data_dim)``."""
+        """Projection onto the manifold x' = g(g^-1(x)); ``(*B, *data_dim) -> (*B, *data_dim)``."""
+        x, batch = self._leading(x, "x", self.data_shape)
+        context = self._leading_context(context, batch)
         x = self._check_x(x)
         context = self._check_context(context, x.shape[0])
         x_proj = self._chunked(self._project, x, context)
-        return self._unflatten(self._checked("project", x_proj, x))
+        return self._restore(self._unflatten(self._checked("project", x_proj, x)), batch)
 
     def log_prob(self, x: Any, context: Any = None) -> Tensor:
         """Exact log density of x (manifold models: of its projection onto the manifold).
 
+        With standardisation (:attr:`standardizer`) this is still the density of the original
+        x: the standardising layer is part of the flow and its log-Jacobian is included.
+
         Args:
-            x: ``(B, *data_dim)``.
-            context: ``(B, context_dim)`` or ``None``.
+            x: ``(*B, *data_dim)`` (any number >= 1 of leading batch dimensions).
+            context: ``(*B, context_dim)`` or ``None``.
 
         Returns:
-            ``(B,)``.
+            ``(*B,)``.
         """
+        x, batch = self._leading(x, "x", self.data_shape)
+        context = self._leading_context(context, batch)
         x = self._check_x(x)
         logp = self._chunked(self._log_prob, x, self._check_context(context, x.shape[0]))
-        return self._checked("log_prob", logp, x, log_density=True)
+        return self._restore(self._checked("log_prob", logp, x, log_density=True), batch)
 
     def latent_log_prob(self, u: Any, context: Any = None) -> Tensor:
         """log p_u(u) = log N(h^-1(u)) + log |det J_h^-1(u)| through the inner flow h.
 
         Args:
-            u: ``(B, latent_dim)``.
-            context: ``(B, context_dim)`` or ``None``.
+            u: ``(*B, latent_dim)``.
+            context: ``(*B, context_dim)`` or ``None``.
 
         Returns:
-            ``(B,)``.
+            ``(*B,)``.
         """
+        u, batch = self._leading(u, "u", (self.latent_dim,))
+        context = self._leading_context(context, batch)
         u = self._check_u(u)
         context = self._check_context(context, u.shape[0])
         logp = self._chunked(self._latent_log_prob, u, context)
-        return self._checked("latent_log_prob", logp, u, log_density=True)
+        return self._restore(self._checked("latent_log_prob", logp, u, log_density=True), batch)
+
+    def _sample_setup(
+        self, sample_shape: Any, context: Any
+    ) -> tuple[int, tuple[int, ...], Tensor | None]:
+        """Number of draws, output batch shape and the flat ``(num, c)`` context."""
+        if isinstance(sample_shape, (int, np.integer)) and not isinstance(sample_shape, bool):
+            shape: tuple[int, ...] = (check_num_samples(sample_shape),)
+            legacy = True
+        elif isinstance(sample_shape, (tuple, list, torch.Size)):
+            shape = tuple(check_num_samples(s) for s in sample_shape)
+            legacy = False
+        else:
+            shape = (check_num_samples(sample_shape),)  # raises for anything else
+            legacy = True
+        count = math.prod(shape)
+        if self.context_dim == 0 or context is None:
+            return count, shape, self._check_context(context, count, allow_single=True)
+        t = context if isinstance(context, Tensor) else torch.as_tensor(np.asarray(context))
+        if t.dim() <= 1 or (legacy and t.dim() == 2):
+            # (c,): shared by every sample; (num, c) with an int num: one context per sample
+            return count, shape, self._check_context(t, count, allow_single=True)
+        batch = tuple(t.shape[:-1])
+        flat = self._check_context(t.reshape(-1, t.shape[-1]), None)
+        assert flat is not None
+        rows = flat.shape[0]
+        flat = flat.unsqueeze(0).expand(count, rows, flat.shape[-1]).reshape(-1, flat.shape[-1])
+        return count * rows, shape + batch, flat
 
     def sample(
-        self, num: int, context: Any = None, *, generator: torch.Generator | None = None
+        self,
+        sample_shape: SampleShape = (),
+        context: Any = None,
+        *,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """Samples x = g(h(u~)), u~ ~ N(0, I_n); reparameterised (differentiable).
 
         Args:
-            num: number of samples.
-            context: ``(context_dim,)`` (shared by all samples), ``(num, context_dim)`` or
-                ``None`` for unconditional models.
+            sample_shape: an int ``num`` or a shape (``torch.distributions`` style).
+            context: ``None`` for unconditional models; ``(context_dim,)`` (shared by all
+                samples); with an int ``num`` also ``(num, context_dim)``, one context per
+                sample (the original call form); with a tuple ``sample_shape`` a batch of
+                contexts ``(*C, context_dim)``, giving ``(*sample_shape, *C, *data_dim)``.
             generator: optional random generator for repeatable samples.
 
         Returns:
-            ``(num, *data_dim)``.
+            ``(*sample_shape, *data_dim)`` (``(num, *data_dim)`` for an int).
         """
-        num = check_num_samples(num)
-        context = self._check_context(context, num, allow_single=True)
+        x, _ = self._sample_impl(sample_shape, context, generator, with_log_prob=False)
+        return x
+
+    def rsample(
+        self,
+        sample_shape: SampleShape = (),
+        context: Any = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Reparameterised samples (gradients reach the parameters); same as :meth:`sample`."""
+        return self.sample(sample_shape, context, generator=generator)
+
+    def sample_and_log_prob(
+        self,
+        sample_shape: SampleShape = (),
+        context: Any = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Samples and their log densities (as :meth:`log_prob` would give at the samples).
+
+        Manifold models evaluate the density at the drawn latent u directly (no encoding);
+        for an M_e-flow this equals ``log_prob(x)`` where the encoder inverts the decoder.
+
+        Returns:
+            ``(x, log_prob)`` with shapes ``(*S, *data_dim)`` and ``(*S,)``.
+        """
+        x, logp = self._sample_impl(sample_shape, context, generator, with_log_prob=True)
+        assert logp is not None
+        return x, logp
+
+    def _sample_impl(
+        self,
+        sample_shape: Any,
+        context: Any,
+        generator: torch.Generator | None,
+        with_log_prob: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        num, shape, context = self._sample_setup(sample_shape, context)
         u = self._sample_latent(num, context, generator)
-        return self._unflatten(
-            self._checked("sample", self._chunked(self._decode, u, context), context)
-        )
+        x = self._checked("sample", self._chunked(self._decode, u, context), context)
+        logp = None
+        if with_log_prob:
+            both = torch.cat([u, x], dim=1)
+            logp = self._chunked(
+                lambda ux, ci: self._sample_log_prob(
+                    ux[:, : self.latent_dim], ux[:, self.latent_dim :], ci
+                ),
+                both,
+                context,
+            )
+            logp = logp.reshape(shape)
+        return x.reshape(*shape, *self.data_shape), logp
+
+    def _sample_log_prob(self, u: Tensor, x: Tensor, context: Tensor | None) -> Tensor:
+        """log p at samples x = decode(u); default: ``_log_prob(x)``."""
+        return self._log_prob(x, context)
 
     def manifold_parameters(self) -> list[nn.Parameter]:
         """Parameters of the manifold (outer flow f, encoders, decoders)."""

@@ -66,6 +66,9 @@ class EMFlow(ManifoldFlowBase):
         self.encoder = encoder
 
     def _encode(self, x: Tensor, context: Tensor | None) -> Tensor:
+        standardizer = self.standardizer
+        if standardizer is not None:  # the encoder sees the data as the outer flow does
+            x = standardizer(x)[0]
         outer_context = self._outer_context(context)
         if outer_context is None:
             return self.encoder(x)
@@ -73,6 +76,9 @@ class EMFlow(ManifoldFlowBase):
 
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
         return self._manifold_log_prob(self._encode(x, context), context)
+
+    def _sample_log_prob(self, u: Tensor, x: Tensor, context: Tensor | None) -> Tensor:
+        return self._manifold_log_prob(u, context)
 
     def manifold_parameters(self) -> list[nn.Parameter]:
         """Parameters of the outer flow f and the encoder e."""

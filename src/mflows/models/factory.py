@@ -29,10 +29,15 @@ image_options              {}          further keyword arguments of ``make_image
 chart                      "sphere"    fom: ``"sphere"`` (logit angles, normalised density),
                                        ``"sphere-angles"`` (raw angles, as the paper) or a chart
 seed                       None        seed for initialisation and random permutations
+standardize                True        (not fom) standardise x: a first layer (x - shift) /
+                                       scale of f (pae: around e and g) whose statistics
+                                       ``mflows.fit`` sets from the training data
 =========================  ==========  ==================================================
 
 Image data (``data_dim=(C, H, W)``) use ``make_image_flow`` as the outer flow (af, pie, mflow,
-emflow; pae uses MLPs on the flattened image).
+emflow; pae uses MLPs on the flattened image). Image models are not standardised (per-pixel
+statistics are not wanted; ``standardize`` is recorded as False for them), nor is FOM (its chart
+is prescribed in data space).
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ _FLOW = {
     "linear": "permutation",
     "coupling": "spline",
     "seed": None,
+    "standardize": True,
 }
 _OUTER = {"outer_layers": 5, "levels": 2, "steps_per_level": 3, "image_options": {}}
 _INNER = {"inner_layers": 5}
@@ -76,7 +82,7 @@ _DECODER = {"decoder_hidden_features": 100, "decoder_num_blocks": 5}
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "af": {**_FLOW, **_OUTER, "outer_layers": 10},
-    "fom": {**_FLOW, **_INNER, "chart": "sphere"},
+    "fom": {**{k: v for k, v in _FLOW.items() if k != "standardize"}, **_INNER, "chart": "sphere"},
     # the outer flow of the manifold models needs LU layers to rotate its manifold (and fit's
     # data-aware initialisation starts it at the PCA plane through the first of them).
     "pie": {
@@ -148,9 +154,19 @@ def _inner_flow(latent_dim: int, context_dim: int, arch: dict[str, Any]) -> Tran
     return _tabular_flow(latent_dim, arch["inner_layers"], context_dim, arch, 1)
 
 
+def _standardized(flow: Transform, features: int) -> Transform:
+    """``flow`` with a :class:`Standardize` layer in front (data side), flat if composite."""
+    from mflows.transforms.base import CompositeTransform
+    from mflows.transforms.standardize import Standardize
+
+    layers = list(flow.transforms) if isinstance(flow, CompositeTransform) else [flow]
+    return CompositeTransform([Standardize(features), *layers])
+
+
 def _outer_flow(data_shape: tuple[int, ...], context_dim: int, arch: dict[str, Any]) -> Transform:
     if len(data_shape) == 1:
-        return _tabular_flow(data_shape[0], arch["outer_layers"], context_dim, arch, 0)
+        flow = _tabular_flow(data_shape[0], arch["outer_layers"], context_dim, arch, 0)
+        return _standardized(flow, data_shape[0]) if arch.get("standardize") else flow
     from mflows.transforms import make_image_flow
 
     options = {
@@ -252,6 +268,12 @@ def _resolve(kind: str, architecture: dict[str, Any]) -> dict[str, Any]:
         raise InvalidArgumentError(
             f"expected conditional_outer True or False, got {arch['conditional_outer']!r}"
         )
+    if "standardize" in arch and not isinstance(arch["standardize"], (bool, np.bool_)):
+        raise InvalidArgumentError(
+            f"expected standardize True or False, got {arch['standardize']!r}"
+        )
+    if "standardize" in arch:
+        arch["standardize"] = bool(arch["standardize"])
     if "image_options" in arch and not isinstance(arch["image_options"], dict):
         raise InvalidArgumentError(
             f"expected image_options a dict, got {type(arch['image_options']).__name__}"
@@ -316,6 +338,8 @@ def make_model(
         )
     latent_dim = int(latent_dim)
 
+    if image and arch.get("standardize"):
+        arch["standardize"] = False  # images are not standardised per pixel (module docstring)
     chart = arch.get("chart")
     config_arch = dict(arch)
     if kind == "fom":
@@ -358,7 +382,12 @@ def make_model(
                 latent_dim, data_size, arch["decoder_hidden_features"], arch["decoder_num_blocks"]
             )
             inner = _inner_flow(latent_dim, c, arch)
-            return PAE(encoder, decoder, inner, model_data_dim, latent_dim, c, config)
+            standardizer = None
+            if arch["standardize"]:
+                from mflows.transforms.standardize import Standardize
+
+                standardizer = Standardize(data_size)
+            return PAE(encoder, decoder, inner, model_data_dim, latent_dim, c, config, standardizer)
         outer_context = c if arch["conditional_outer"] else 0
         outer = _outer_flow(data_shape, outer_context, arch)
         inner = _inner_flow(latent_dim, c, arch)
@@ -439,6 +468,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", chart: Any 
     payload = _read_model_file(Path(path), map_location)
     config = payload["config"]
     architecture = dict(config.get("architecture") or {})
+    if config.get("kind") != "fom":
+        # files written before standardisation existed hold unstandardised models
+        architecture.setdefault("standardize", False)
     if isinstance(architecture.get("chart"), str) and architecture["chart"].startswith("custom:"):
         if chart is None:
             raise InvalidArgumentError(

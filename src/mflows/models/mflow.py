@@ -107,6 +107,9 @@ class MFlow(ManifoldFlowBase):
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
         return self._manifold_log_prob(self._encode(x, context), context)
 
+    def _sample_log_prob(self, u: Tensor, x: Tensor, context: Tensor | None) -> Tensor:
+        return self._manifold_log_prob(u, context)
+
 
 class FOM(Model):
     """Flow on a prescribed manifold: a fixed chart g* and a learned inner flow h.
@@ -150,8 +153,14 @@ class FOM(Model):
 
     def _log_prob(self, x: Tensor, context: Tensor | None) -> Tensor:
         u = self._encode(x, context)
+        return self._chart_log_prob(u, context)
+
+    def _chart_log_prob(self, u: Tensor, context: Tensor | None) -> Tensor:
         logdet = _volume_logdet(self, lambda ui, _: self.chart.decode(ui), u, None)
         return self._latent_log_prob(u, context) - 0.5 * logdet
+
+    def _sample_log_prob(self, u: Tensor, x: Tensor, context: Tensor | None) -> Tensor:
+        return self._chart_log_prob(u, context)
 
     def manifold_parameters(self) -> list[nn.Parameter]:
         """None: the manifold is prescribed."""

@@ -33,6 +33,8 @@ class PAE(Model):
         latent_dim: n.
         context_dim: dimension of theta.
         config: rebuild information (set by ``make_model``).
+        standardizer: an optional :class:`~mflows.transforms.standardize.Standardize`: the
+            encoder sees standardised x and the decoder output is mapped back to data space.
     """
 
     kind = "pae"
@@ -46,17 +48,35 @@ class PAE(Model):
         latent_dim: int,
         context_dim: int = 0,
         config: dict[str, Any] | None = None,
+        standardizer: Transform | None = None,
     ):
         super().__init__(data_dim, latent_dim, context_dim, config)
         self.encoder = encoder
         self.decoder = decoder
         self.inner = inner
+        if standardizer is not None:
+            self.input_standardizer = standardizer
+
+    @property
+    def standardizer(self) -> Any:
+        """The standardising layer around the encoder and decoder, or ``None``."""
+        return getattr(self, "input_standardizer", None)
 
     def _encode(self, x: Tensor, context: Tensor | None) -> Tensor:
+        standardizer = self.standardizer
+        if standardizer is not None:
+            x = standardizer(x)[0]
         return self.encoder(x)
 
     def _decode(self, u: Tensor, context: Tensor | None) -> Tensor:
-        return self.decoder(u)
+        x = self.decoder(u)
+        standardizer = self.standardizer
+        if standardizer is not None:
+            x = standardizer.inverse(x)[0]
+        return x
+
+    def _sample_log_prob(self, u: Tensor, x: Tensor, context: Tensor | None) -> Tensor:
+        return self.log_prob(x)  # raises NotImplementedError with the explanation
 
     def log_prob(self, x: Any, context: Any = None) -> Tensor:
         """Not available: raises :class:`NotImplementedError` (see the module docstring)."""

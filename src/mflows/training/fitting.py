@@ -17,6 +17,7 @@ from mflows.errors import InvalidArgumentError
 from mflows.threads import thread_policy
 from mflows.training import defaults
 from mflows.training import distributed as D
+from mflows.training.checkpoint import CHECKPOINT_NAME
 from mflows.training.options import check_epochs, check_float, check_optimizer_options
 from mflows.training.phases import ALTERNATIONS, Schedule, check_algorithm, schedule_for
 from mflows.training.trainer import History, Trainer, model_device
@@ -38,6 +39,19 @@ def _as_data(a: Any, name: str, shape: tuple[int, ...], n: int | None, model: nn
             f"got {tuple(t.shape)}"
         )
     return t
+
+
+def _set_standardization(model: nn.Module, x: Tensor, idx: Tensor, standardize: bool) -> None:
+    """Sets the statistics of ``model.standardizer`` once, from the training split ``x[idx]``."""
+    if not isinstance(standardize, (bool, np.bool_)):
+        raise InvalidArgumentError(f"expected standardize True or False, got {standardize!r}")
+    layer = getattr(model, "standardizer", None)
+    if layer is None or layer.is_fitted:
+        return
+    if standardize:
+        layer.set_statistics(x[idx].reshape(len(idx), -1))
+    else:
+        layer.set_statistics(shift=None, scale=None)  # identity, recorded as decided
 
 
 def _check_options(**options: Any) -> dict[str, Any]:
@@ -95,6 +109,7 @@ def fit(
     data_init: bool = True,
     threads: int | None = None,
     compile: bool | str = False,
+    standardize: bool = True,
 ) -> History:
     """Trains ``model`` on ``x`` with one of the training schemes (docs/theory.md,
     "Training schemes").
@@ -143,6 +158,11 @@ def fit(
             with one warning, where compilation fails). Pays off on long runs only: the first
             steps take minutes to compile. A string names the ``torch.compile`` backend
             (e.g. ``"aot_eager"``, quick to compile, for checks).
+        standardize: set the model's standardisation (``model.standardizer``: mean and standard
+            deviation of the training split) if it has not been set yet; False fixes it at the
+            identity (raw data space). Statistics once set are never changed by ``fit``
+            (resuming and further training keep them; docs/guide.md, "Data scale and
+            standardisation").
 
     Returns:
         The :class:`~mflows.training.trainer.History`; ``model`` is trained in place.
@@ -248,6 +268,12 @@ def fit(
 
     perm = torch.from_numpy(np.random.default_rng([options["seed"], 17]).permutation(n))
     train_idx, val_idx = perm[:n_train], perm[n_train:]
+    # resume=True without a checkpoint yet (the command line's way) is a fresh run
+    resuming = (
+        resume and checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_NAME).exists()
+    )
+    if not resuming:
+        _set_standardization(model, x, train_idx, standardize)  # else: the checkpoint's
 
     def take(idx: Tensor):
         return tuple(None if t is None else t[idx].to(device) for t in (x, context, scores))
@@ -270,12 +296,11 @@ def fit(
         callback=callback,
         compile=compile,
     )
-    resuming = resume and trainer.checkpoint_path is not None and trainer.checkpoint_path.exists()
     trains_manifold = any(
         phase.parameters != "density" for stage in schedule.stages for phase in stage.phases
     )
     if data_init and trains_manifold and not resuming:
-        # a run started with resume=True and no checkpoint yet is a fresh run: initialise it
+        # after the standardisation: the PCA sees the data as the LU layer does
         from mflows.initialization import initialize_from_data
 
         initialize_from_data(model, x[train_idx], None if context is None else context[train_idx])

@@ -19,6 +19,7 @@ from mflows.transforms.images import (
 from mflows.transforms.linear import LULinear
 from mflows.transforms.permutations import Permutation, RandomPermutation, ReversePermutation
 from mflows.transforms.splines import ElementwiseRQS, rational_quadratic_spline
+from mflows.transforms.standardize import Standardize
 
 __all__ = [
     "ActNorm",
@@ -37,6 +38,7 @@ __all__ = [
     "RandomPermutation",
     "ReversePermutation",
     "Squeeze",
+    "Standardize",
     "Transform",
     "alternating_mask",
     "make_image_flow",
