@@ -224,6 +224,12 @@ EXPERIMENTS: dict[str, Experiment] = {
                 ("af_scandal", "AF (SCANDAL)", "af_scandal"),
                 ("pie", "PIE", "pie"),
                 ("pie_scandal", "PIE (SCANDAL)", "pie_scandal"),
+                ("pie_uncond", "PIE (unconditional manifold)", "pie_uncond"),
+                (
+                    "pie_uncond_scandal",
+                    "PIE (unconditional manifold, SCANDAL)",
+                    "pie_uncond_scandal",
+                ),
                 ("mflow_alt", "M-flow alternating", "mf_alternating"),
                 ("mflow_alt_scandal", "M-flow alternating (SCANDAL)", "mf_alternating_scandal"),
                 ("mflow_seq", "M-flow sequential", "mf_sequential"),

@@ -367,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
+    from mflows.errors import MflowsError
+
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
     exp = get_experiment(args.experiment)
@@ -389,13 +391,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts: dict[str, int] = {}
     for seed in args.seeds:
         for spec in models:
-            status = run_one(store, exp, spec, seed, options)
+            try:
+                status = run_one(store, exp, spec, seed, options)
+            except (MflowsError, ValueError) as error:  # this run only; nothing is stored
+                _log(f"{exp.name}/{spec.name}-seed{seed}: error: {type(error).__name__}: {error}")
+                status = "error"
             counts[status] = counts.get(status, 0) + 1
             if status == "stopped":
                 _log(f"time limit reached; rerun the same command to continue ({counts})")
                 return 3
     _log(f"done: {counts}")
-    return 0
+    return 1 if counts.get("error") else 0
 
 
 if __name__ == "__main__":
