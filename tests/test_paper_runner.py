@@ -182,3 +182,15 @@ def test_lhc40d_pipeline_runs_at_the_paper_architecture_on_generated_files(tmp_p
         assert metrics.get(key) is not None and np.isfinite(metrics[key]), key
     stored = json.loads(store.result_path("lhc40d", "mflow_alt_scandal", 0).read_text())
     assert stored["kind"] == "mflow" and 0 < stored["n_train"] <= 240  # the train split
+
+
+def test_sphere_density_figure_integrates_to_one(tmp_path):
+    from benchmarks.paper.figures import plot_sphere_density
+    from mflows import data, make_model
+
+    dataset = data.get("spherical_gaussian", n=2, d=3, epsilon=0.01)
+    model = make_model("fom", 3, 2, chart="sphere", inner_layers=2, seed=0).eval()
+    stats = plot_sphere_density(model, dataset, tmp_path / "f.png", "untrained FOM", 100)
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    # both densities are w.r.t. the sphere's area: midpoint quadrature over S^2 gives ~1
+    assert abs(stats["true_mass"] - 1) < 0.01 and abs(stats["model_mass"] - 1) < 0.01
