@@ -56,6 +56,7 @@ def test_run_writes_the_result_and_skips_it_afterwards(tmp_path):
         assert key in result, key
     assert result["status"] == FINISHED and result["epochs"] == 2 and result["n_train"] == 240
     assert result["budget"]["epochs"] == 2 and result["budget"]["n_train"] == 240
+    assert [r["epoch"] for r in result["history"]] == [1, 2] and "val_loss" in result["history"][0]
     metrics = result["metrics"]
     assert metrics["dataset"] == "spherical_gaussian" and metrics["model"] == "fom"
     assert metrics["manifold_distance"] < 1e-5  # FOM's chart is the exact sphere

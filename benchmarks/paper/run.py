@@ -116,6 +116,12 @@ def budget_of(config) -> dict[str, Any]:
     }
 
 
+def _history_records(history) -> list[dict[str, Any]]:
+    """The per-epoch records of a training history (numbers and strings only)."""
+    keep = (int, float, str)
+    return [{k: v for k, v in r.items() if isinstance(v, keep)} for r in history.records]
+
+
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -231,6 +237,7 @@ def run_one(store: Store, exp: Experiment, spec: ModelSpec, seed: int, options: 
             model = load(model_file).to(config.device)
             train_seconds = float(progress["train_seconds"])
             n_train, epochs, best = progress["n_train"], progress["epochs"], progress["best_epoch"]
+            history_records = progress.get("history", [])
         else:
             done = progress.get("epochs_done", 0)
             _log(
@@ -265,8 +272,10 @@ def run_one(store: Store, exp: Experiment, spec: ModelSpec, seed: int, options: 
                     "n_train": n_train,
                     "epochs": epochs,
                     "best_epoch": best,
+                    "history": _history_records(history),
                 },
             )
+            history_records = _history_records(history)
         model.eval()
         ev = config.evaluation
         score_options = ScoreOptions(
@@ -309,6 +318,7 @@ def run_one(store: Store, exp: Experiment, spec: ModelSpec, seed: int, options: 
             wall_time_s=train_seconds + eval_seconds,
             metrics=metrics,
             extra=extra,
+            history=history_records,
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         path = store.write(record)
