@@ -1,6 +1,7 @@
 """The experiments of the paper: data set, models (configuration files), budgets, paper values.
 
-Every model is read from the repository's paper configurations (``configs/<file>.toml``) through
+Every model is read from the paper configurations shipped in the package
+(``mflows/configs/<file>.toml``) through
 :func:`mflows.experiments.config.load_config`; an experiment only adds overrides (data set
 dimensions, early stopping) and the budget (epochs, training samples) given on the command line.
 """
@@ -20,7 +21,7 @@ class ModelSpec:
     Attributes:
         name: short name (file names, ``--models``).
         label: row label in the table.
-        config: configuration file stem in ``configs/``.
+        config: configuration file stem in ``mflows/configs/``.
         overrides: extra ``section.key=value`` overrides of this model.
         paper: the paper's value of each metric (median of its runs), where it reports one.
     """
@@ -71,8 +72,10 @@ class Experiment:
 
 
 def config_dir() -> Path:
-    """The repository's ``configs/`` directory (the paper's configurations)."""
-    return Path(__file__).resolve().parents[2] / "configs"
+    """The directory of the paper's configurations shipped in the package (``mflows/configs``)."""
+    from mflows.experiments.config import resolve_config_path
+
+    return Path(resolve_config_path("power_af")).parent
 
 
 def _power_models() -> tuple[ModelSpec, ...]:

@@ -12,7 +12,7 @@ cleanly between epochs, before the next epoch would pass the limit, so the runne
 the background and restarted later with the same command. One torch thread per process.
 
 The protocol of each experiment is docs/protocol.md; the models are the paper's configurations
-in ``configs/`` (:mod:`benchmarks.paper.experiments`).
+in ``mflows/configs/`` (:mod:`benchmarks.paper.experiments`).
 """
 
 from __future__ import annotations
