@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[dev,ot]"
+	$(BIN)/pip install --quiet -e ".[dev,ot,sbi]"
 	touch $(STAMP)
 
 demo: $(STAMP)
