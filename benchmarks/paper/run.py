@@ -180,7 +180,7 @@ def run_one(store: Store, exp: Experiment, spec: ModelSpec, seed: int, options: 
         the checkpoints stay in the work directory and the next call resumes).
     """
     from mflows.errors import TrainingDivergedError
-    from mflows.evaluation.scoring import ScoreOptions, score_with_artifacts
+    from mflows.evaluation.scoring import score_with_artifacts
     from mflows.experiments.build import get_dataset
     from mflows.experiments.config import config_to_dict
     from mflows.experiments.rundir import lock_run
@@ -277,16 +277,7 @@ def run_one(store: Store, exp: Experiment, spec: ModelSpec, seed: int, options: 
             )
             history_records = _history_records(history)
         model.eval()
-        ev = config.evaluation
-        score_options = ScoreOptions(
-            n_test=ev.n_test,
-            n_generate=ev.n_generate,
-            n_observed=ev.n_observed,
-            mcmc_steps=ev.mcmc_steps,
-            mcmc_burn_in=ev.mcmc_burn_in,
-            mcmc_step_size=ev.mcmc_step_size,
-            seed=ev.seed,
-        )
+        score_options = config.evaluation.score_options()
         dataset = get_dataset(config.data)
         start = time.perf_counter()
         scored = score_with_artifacts(model, dataset, score_options, device=config.device)

@@ -303,6 +303,21 @@ class EvaluationConfig:
     plot_resolution: int = 60
     seed: int = 1
 
+    def score_options(self) -> Any:
+        """The :class:`mflows.evaluation.ScoreOptions` of these settings."""
+        from mflows.evaluation.scoring import ScoreOptions
+
+        return ScoreOptions(
+            n_test=self.n_test,
+            n_generate=self.n_generate,
+            n_observed=self.n_observed,
+            mcmc_steps=self.mcmc_steps,
+            mcmc_burn_in=self.mcmc_burn_in,
+            mcmc_step_size=self.mcmc_step_size,
+            seed=self.seed,
+            inception_weights=self.inception_weights,
+        )
+
 
 @dataclass(frozen=True)
 class RunConfig:

@@ -564,7 +564,7 @@ def evaluate_run(
         RunError: for a missing or unreadable model, or, for image data, missing Inception
             weights.
     """
-    from mflows.evaluation.scoring import ScoreOptions, is_image, score_with_artifacts
+    from mflows.evaluation.scoring import is_image, score_with_artifacts
 
     run_dir = Path(run_dir)
     config = _run_config(run_dir, overrides, None)
@@ -579,16 +579,7 @@ def evaluate_run(
             raise RunError(f"{error} (set evaluation.inception_weights)") from None
     model = _load_model(run_dir, config)
     run = LoadedRun(config, model, dataset, run_dir)
-    options = ScoreOptions(
-        n_test=ev.n_test,
-        n_generate=ev.n_generate,
-        n_observed=ev.n_observed,
-        mcmc_steps=ev.mcmc_steps,
-        mcmc_burn_in=ev.mcmc_burn_in,
-        mcmc_step_size=ev.mcmc_step_size,
-        seed=ev.seed,
-        inception_weights=ev.inception_weights,
-    )
+    options = ev.score_options()
     with R.lock_run(run_dir):
         scored = score_with_artifacts(
             model, dataset, options, device=resolve_device(config.device), progress=progress

@@ -156,37 +156,6 @@ def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     )
 
 
-def _copy_state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _phase_parameters(model: nn.Module, phase: Phase) -> list[nn.Parameter]:
-    if phase.parameters == "manifold":
-        params = list(model.manifold_parameters())
-    elif phase.parameters == "density":
-        params = list(model.density_parameters())
-    else:
-        seen: set[int] = set()
-        params = []
-        for p in [*model.manifold_parameters(), *model.density_parameters(), *model.parameters()]:
-            if id(p) not in seen:
-                seen.add(id(p))
-                params.append(p)
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        raise InvalidArgumentError(
-            f"phase {phase.name!r} trains the {phase.parameters} parameters, but this "
-            f"{getattr(model, 'kind', type(model).__name__)} model has none"
-        )
-    return params
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    return int(
-        np.random.SeedSequence([int(seed), int(epoch), int(rank), 2003]).generate_state(1)[0]
-    )
-
-
 def _check_interval(device: torch.device) -> int:
     """Steps between host reads of the non-finite flag: every step on CPU (reading is free)."""
     return 1 if device.type == "cpu" else CHECK_EVERY
