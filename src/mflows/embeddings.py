@@ -10,7 +10,8 @@
   - ``encode(x) -> u``: ``(B, d) -> (B, n)``, a left inverse, ``encode(decode(u)) == u`` on the
     chart's domain; ``decode(encode(x))`` is the point of the manifold that x is mapped to.
 
-  :class:`SphereChart` is the unit n-sphere in hyperspherical coordinates. A chart that is a
+  :class:`SphereChart` is the unit n-sphere in hyperspherical coordinates,
+  :class:`StereographicChart` the same sphere seen from one removed point (no seam). A chart that is a
   :class:`torch.nn.Module` moves with the model (``.to``, ``.double``); its parameters are not
   trained (a FOM has no trainable manifold parameters).
 """
@@ -18,13 +19,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mflows.errors import InvalidArgumentError
 
-__all__ = ["SphereChart", "pad", "unpad"]
+__all__ = ["SphereChart", "StereographicChart", "pad", "unpad"]
 
 
 def pad(u: Tensor, features: int) -> Tensor:
@@ -109,3 +111,106 @@ class SphereChart(nn.Module):
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, data_dim={self.data_dim}, unbounded={self.unbounded}"
+
+
+class StereographicChart(nn.Module):
+    r"""The unit n-sphere S^n in R^{n+1}, zero padded to R^d, in stereographic coordinates.
+
+    The chart covers the whole sphere except one point, the *pole* ``-c`` opposite a centre
+    ``c``: with ``y' = Q y`` (``Q`` the Householder reflection that swaps ``c`` and the last axis
+    ``e_{n+1}``),
+
+        decode: y' = (2 u, 1 - |u|^2) / (1 + |u|^2),   encode: u = y'_{1..n} / (1 + y'_{n+1}),
+
+    so ``u = 0`` is the centre and ``|u| -> inf`` the pole. Unlike hyperspherical angles it has
+    no seam and no chart poles where the density on the sphere must vanish or blow up; a smooth
+    density on the sphere becomes a smooth density on all of R^n. The volume element is
+    ``sqrt(det J^T J) = (2 / (1 + |u|^2))^n``. ``encode`` maps x to the chart point of the radial
+    projection of (x_1..x_{n+1}) onto the sphere (the off-sphere coordinates are dropped).
+
+    The centre is a buffer saved with the model. :func:`mflows.fit` sets it once, before
+    training a fresh model, to the mean direction of the training data (:meth:`fit_to_data`),
+    so the removed pole falls where the data is sparsest; until then it is ``e_{n+1}``.
+
+    Args:
+        latent_dim: n >= 1.
+        data_dim: d >= n + 1.
+        center: optional centre direction in R^{n+1} (normalised; marks the chart as fitted).
+    """
+
+    def __init__(self, latent_dim: int, data_dim: int, center: Any = None):
+        super().__init__()
+        if latent_dim < 1 or data_dim < latent_dim + 1:
+            raise InvalidArgumentError(
+                "StereographicChart needs 1 <= latent_dim < data_dim, "
+                f"got n={latent_dim}, d={data_dim}"
+            )
+        self.latent_dim = int(latent_dim)
+        self.data_dim = int(data_dim)
+        eye = torch.eye(self.latent_dim + 1, dtype=torch.get_default_dtype())
+        self.register_buffer("rotation", eye)
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        if center is not None:
+            self.set_center(center)
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the centre was set (by :meth:`set_center` or :meth:`fit_to_data`)."""
+        return bool(self.fitted)
+
+    @property
+    def center(self) -> Tensor:
+        """The centre ``c`` (``u = 0``), a unit vector in R^{n+1}; the pole is ``-c``."""
+        return self.rotation[:, -1]
+
+    @torch.no_grad()
+    def set_center(self, center: Any) -> None:
+        """Sets the centre direction ``c`` (any non-zero vector of R^{n+1})."""
+        c = torch.as_tensor(center, dtype=torch.float64).reshape(-1)
+        if c.numel() != self.latent_dim + 1 or not bool(torch.isfinite(c).all()):
+            raise InvalidArgumentError(
+                f"expected a finite centre of {self.latent_dim + 1} values, got {tuple(c.shape)}"
+            )
+        norm = float(c.norm())
+        if norm == 0.0:
+            raise InvalidArgumentError("the chart centre must be a non-zero vector")
+        c = c / norm
+        v = -c
+        v[-1] += 1.0  # v = e_{n+1} - c
+        q = torch.eye(self.latent_dim + 1, dtype=torch.float64)
+        if float(v.norm()) > 1e-12:
+            q = q - 2.0 * torch.outer(v, v) / v.dot(v)
+        self.rotation.copy_(q.to(self.rotation))
+        self.fitted.fill_(True)
+
+    @torch.no_grad()
+    def fit_to_data(self, x: Tensor) -> None:
+        """Centres the chart at the mean direction of the points ``x`` ``(N, d)`` (radially
+        projected onto the sphere first); keeps ``e_{n+1}`` if the points have no mean
+        direction (mean of the unit vectors below 1e-3)."""
+        y = x[..., : self.latent_dim + 1].double()
+        y = y / y.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        mean = y.mean(0)
+        if float(mean.norm()) > 1e-3:
+            self.set_center(mean)
+        else:
+            self.fitted.fill_(True)
+
+    def decode(self, u: Tensor) -> Tensor:
+        """Coordinates ``(B, n)`` -> points on the sphere ``(B, d)``."""
+        s = u.square().sum(-1, keepdim=True)
+        y = torch.cat([2.0 * u, 1.0 - s], -1) / (1.0 + s)
+        return pad(y @ self.rotation.to(u.dtype), self.data_dim)  # Q symmetric: Q y' = y' Q
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Points ``(B, d)`` -> coordinates ``(B, n)`` of their radial projection."""
+        y = x[..., : self.latent_dim + 1]
+        scale = y.abs().amax(-1, keepdim=True)  # as SphereChart.encode: no overflow in the norm
+        y = y / torch.where(scale > 0, scale, torch.ones_like(scale))
+        y = y / y.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
+        y = y @ self.rotation.to(y.dtype)
+        denominator = (1.0 + y[..., -1:]).clamp_min(torch.finfo(y.dtype).tiny)
+        return y[..., :-1] / denominator
+
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}, data_dim={self.data_dim}"

@@ -27,7 +27,9 @@ levels                     2           image outer flow: multi-scale levels
 steps_per_level            3           image outer flow: coupling steps per level
 image_options              {}          further keyword arguments of ``make_image_flow``
 chart                      "sphere"    fom: ``"sphere"`` (logit angles, normalised density),
-                                       ``"sphere-angles"`` (raw angles, as the paper) or a chart
+                                       ``"sphere-angles"`` (raw angles, as the paper),
+                                       ``"sphere-stereographic"`` (no seam; centre set by
+                                       ``mflows.fit`` from the data) or a chart
 seed                       None        seed for initialisation and random permutations
 standardize                True        (not fom) standardise x: a first layer (x - shift) /
                                        scale of f (pae: around e and g) whose statistics
@@ -345,18 +347,22 @@ def make_model(
     if kind == "fom":
         if image:
             raise InvalidArgumentError("fom needs vector data (data_dim an int)")
-        if chart in ("sphere", "sphere-angles"):
-            from mflows.embeddings import SphereChart
+        if chart in ("sphere", "sphere-angles", "sphere-stereographic"):
+            from mflows.embeddings import SphereChart, StereographicChart
 
             if data_size < latent_dim + 1:
                 raise InvalidArgumentError(
                     f"the sphere chart needs data_dim >= latent_dim + 1, got d={data_size}, "
                     f"n={latent_dim}"
                 )
-            chart = SphereChart(latent_dim, data_size, unbounded=chart == "sphere")
+            if chart == "sphere-stereographic":
+                chart = StereographicChart(latent_dim, data_size)
+            else:
+                chart = SphereChart(latent_dim, data_size, unbounded=chart == "sphere")
         elif isinstance(chart, str):
             raise InvalidArgumentError(
-                f"unknown chart {chart!r}; use 'sphere', 'sphere-angles' or pass a chart object"
+                f"unknown chart {chart!r}; use 'sphere', 'sphere-angles', "
+                "'sphere-stereographic' or pass a chart object"
             )
         else:
             config_arch["chart"] = f"custom:{type(chart).__module__}.{type(chart).__qualname__}"

@@ -54,6 +54,13 @@ def _set_standardization(model: nn.Module, x: Tensor, idx: Tensor, standardize: 
         layer.set_statistics(shift=None, scale=None)  # identity, recorded as decided
 
 
+def _set_chart(model: nn.Module, x: Tensor, idx: Tensor) -> None:
+    """Fits a data-dependent chart (a FOM's stereographic centre) once, from ``x[idx]``."""
+    chart = getattr(model, "chart", None)
+    if chart is not None and hasattr(chart, "fit_to_data") and not chart.is_fitted:
+        chart.fit_to_data(x[idx].reshape(len(idx), -1))
+
+
 def _check_options(**options: Any) -> dict[str, Any]:
     """Range checks of :func:`fit`'s options (:class:`InvalidArgumentError`), normalised."""
     alternate = options.pop("alternate")
@@ -274,6 +281,7 @@ def fit(
     )
     if not resuming:
         _set_standardization(model, x, train_idx, standardize)  # else: the checkpoint's
+        _set_chart(model, x, train_idx)
 
     def take(idx: Tensor):
         return tuple(None if t is None else t[idx].to(device) for t in (x, context, scores))
