@@ -14,7 +14,8 @@ from mflows.errors import InvalidArgumentError
 
 
 def _random_sphere(n: int, count: int, seed: int = 0) -> torch.Tensor:
-    y = torch.randn(count, n + 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.randn(count, n + 1, generator=generator, dtype=torch.float64)
     return y / y.norm(dim=-1, keepdim=True)
 
 
@@ -53,7 +54,8 @@ def test_centre_and_pole() -> None:
     assert chart.is_fitted
     q = chart.rotation
     torch.testing.assert_close(q @ q.T, torch.eye(3, dtype=torch.float64))
-    torch.testing.assert_close(chart.decode(torch.zeros(1, 2, dtype=torch.float64))[0, :3], c / c.norm())
+    centre = chart.decode(torch.zeros(1, 2, dtype=torch.float64))[0, :3]
+    torch.testing.assert_close(centre, c / c.norm())
     pole = torch.nn.functional.pad(-c / c.norm(), (0, 1)).unsqueeze(0)
     u = chart.encode(pole)
     assert torch.isfinite(u).all() and float(u.norm()) > 1e6

@@ -11,8 +11,8 @@
     chart's domain; ``decode(encode(x))`` is the point of the manifold that x is mapped to.
 
   :class:`SphereChart` is the unit n-sphere in hyperspherical coordinates,
-  :class:`StereographicChart` the same sphere seen from one removed point (no seam). A chart that is a
-  :class:`torch.nn.Module` moves with the model (``.to``, ``.double``); its parameters are not
+  :class:`StereographicChart` the same sphere seen from one removed point (no seam). A chart
+  that is a :class:`torch.nn.Module` moves with the model (``.to``, ``.double``); its parameters are not
   trained (a FOM has no trainable manifold parameters).
 """
 

@@ -46,7 +46,9 @@ def add_dimension_parser(sub: Any, formatter_class: Any, add_common: Any) -> Non
     parser.add_argument(
         "--samples", type=int, default=2000, metavar="N", help="points of --dataset (2000)"
     )
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: about 3000 steps)"
+    )
     parser.add_argument(
         "--criterion", choices=("ratio", "threshold"), default="ratio", help="(default: ratio)"
     )
