@@ -12,8 +12,8 @@
 
   :class:`SphereChart` is the unit n-sphere in hyperspherical coordinates,
   :class:`StereographicChart` the same sphere seen from one removed point (no seam). A chart
-  that is a :class:`torch.nn.Module` moves with the model (``.to``, ``.double``); its parameters are not
-  trained (a FOM has no trainable manifold parameters).
+  that is a :class:`torch.nn.Module` moves with the model (``.to``, ``.double``); its
+  parameters are not trained (a FOM has no trainable manifold parameters).
 """
 
 from __future__ import annotations
