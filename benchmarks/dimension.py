@@ -2,7 +2,8 @@
 
 For every case (spherical Gaussians n = 2, 3, 5 in d = 9; the power surface n = 2 in d = 3):
 
-1. one run: ``estimate_dimension(x, max_dim, epochs=E)``: chosen n, error curve, wall time;
+1. one run: ``estimate_dimension(x, max_dim, epochs=E)`` (default E: ~3000 steps): chosen n,
+   error curve, wall time;
 2. the baseline: one M-flow per candidate n = 1 .. max_dim, each trained on the reconstruction
    loss for the same E epochs: held-out errors and total wall time;
 3. the chosen n's model: the truncated ordered model's held-out reconstruction error against the
@@ -13,7 +14,7 @@ For every case (spherical Gaussians n = 2, 3, 5 in d = 9; the power surface n = 
 
 Writes ``benchmarks/results/dimension/<case>.json``. Command (1 thread):
 
-    OMP_NUM_THREADS=1 python benchmarks/dimension.py --epochs 20 --cases CASE
+    OMP_NUM_THREADS=1 python benchmarks/dimension.py --cases CASE   # default budget, ~3000 steps
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def run_case(
     fit_kw = {"progress": False, "seed": seed}
 
     est = mflows.estimate_dimension(x, max_dim, epochs=epochs, seed=seed, decay=decay, **ARCH)
+    epochs = est.extra["epochs"]  # the default (None): about DEFAULT_STEPS steps
     arch = {**ARCH, "tail_bound": est.model.config["architecture"]["tail_bound"]}
     ordered_test = reconstruction_curve(est.model, x_test)
     result: dict[str, Any] = {
@@ -128,7 +130,9 @@ def run_case(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="default: estimate_dimension's (~3000 steps)"
+    )
     parser.add_argument("--density-epochs", type=int, default=10)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
