@@ -77,6 +77,18 @@ def _check_options(**options: Any) -> dict[str, Any]:
     }
 
 
+def _with_hflips(losses: Callable[..., Any]) -> Callable[..., Any]:
+    """``losses`` evaluated on the batch with each image flipped left-right with probability
+    1/2 (global RNG, which the trainer seeds every epoch)."""
+
+    def flipped(model: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        flip = torch.rand(x.shape[0], device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return losses(model, x, *args, **kwargs)
+
+    return flipped
+
+
 def fit(
     model: nn.Module,
     x: Any,
@@ -110,6 +122,7 @@ def fit(
     threads: int | None = None,
     compile: bool | str = False,
     standardize: bool = True,
+    augment: str | None = None,
 ) -> History:
     """Trains ``model`` on ``x`` with one of the training schemes (docs/theory.md,
     "Training schemes").
@@ -163,6 +176,9 @@ def fit(
             identity (raw data space). Statistics once set are never changed by ``fit``
             (resuming and further training keep them; docs/guide.md, "Data scale and
             standardisation").
+        augment: ``"hflip"`` flips each training image horizontally with probability 1/2,
+            drawn anew every step (from the per-epoch seeded RNG, so runs repeat and resume
+            exactly); the validation data are never changed. ``None``: no augmentation.
 
     Returns:
         The :class:`~mflows.training.trainer.History`; ``model`` is trained in place.
@@ -208,6 +224,11 @@ def fit(
     validation_split = options.pop("validation_split")
 
     data_shape = tuple(getattr(model, "data_shape", (model.data_dim,)))
+    if augment not in (None, "hflip") or (augment and len(data_shape) != 3):
+        raise InvalidArgumentError(
+            f"augment must be None or 'hflip' (images only), got {augment!r} for data of "
+            f"shape {data_shape}"
+        )
     x = _as_data(x, "x", data_shape, None, model)
     n = x.shape[0]
     p = int(getattr(model, "context_dim", 0))
@@ -304,6 +325,12 @@ def fit(
         from mflows.initialization import initialize_from_data
 
         initialize_from_data(model, x[train_idx], None if context is None else context[train_idx])
+        # image flows: ActNorm layers start at zero mean, unit variance on a training batch
+        from mflows.transforms.images import init_actnorm
+
+        init_actnorm(model, x[train_idx], None if context is None else context[train_idx])
+    if augment == "hflip":
+        trainer._losses = _with_hflips(trainer._losses)  # training steps only, not validation
     val = take(val_idx) if n_val > 0 else None
     with thread_policy(model, options["batch_size"], threads):
         return trainer.fit(take(train_idx), val, resume=resume)
