@@ -162,7 +162,9 @@ def fit(
         callback: ``callback(epoch, record)`` after every epoch.
         data_init: start the manifold of a fresh M-flow / M_e-flow / PIE with LU layers at the
             PCA plane of the training data (:func:`mflows.initialization.initialize_from_data`;
-            models already trained or without LU layers are left alone).
+            models already trained or without LU layers are left alone). Independently, fresh
+            ActNorm layers of image flows always get their data-dependent start
+            (:func:`mflows.transforms.images.init_actnorm`).
         threads: CPU threads of torch during training. ``None``: the user's setting
             (``torch.set_num_threads``, ``OMP_NUM_THREADS``) if any, else mflows' policy (one
             thread for models whose step is too small to gain from more, see
@@ -325,7 +327,9 @@ def fit(
         from mflows.initialization import initialize_from_data
 
         initialize_from_data(model, x[train_idx], None if context is None else context[train_idx])
-        # image flows: ActNorm layers start at zero mean, unit variance on a training batch
+    if trains_manifold and not resuming:
+        # image flows: fresh ActNorm layers start at zero mean, unit variance on training data
+        # (part of the layer, as in Glow and the paper; independent of the PCA start)
         from mflows.transforms.images import init_actnorm
 
         init_actnorm(model, x[train_idx], None if context is None else context[train_idx])
