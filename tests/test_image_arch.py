@@ -441,3 +441,17 @@ def test_save_load_round_trip_and_old_files(tmp_path):
     torch.save(payload, tmp_path / "old.pt")
     restored = load(tmp_path / "old.pt")
     torch.testing.assert_close(restored.encode(x), old.encode(x))
+
+
+def test_conditional_image_models_pass_the_context_to_flow_and_encoder():
+    x, ctx = smooth_images(3, 8), torch.randn(3, 1)
+    for kind in ("af", "pie", "emflow"):
+        extra = {} if kind == "af" else {"conditional_outer": True}
+        model = make_model(
+            kind, (3, 8, 8), None if kind == "af" else 2, 1, seed=0, **small(kind), **extra
+        )
+        assert init_actnorm(model, x, ctx) > 0
+        perturb(model, 0.1)
+        u = model.encode(x, ctx)
+        assert not torch.allclose(u, model.encode(x, ctx + 1.0))
+        assert model.sample(2, ctx[0]).shape == (2, 3, 8, 8)
