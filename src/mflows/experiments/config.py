@@ -194,6 +194,11 @@ class ModelConfig:
         chart: prescribed chart of a FOM (``sphere``: logit angles, a normalised density;
             ``sphere-angles``: raw angles as in the paper); None picks ``sphere`` for the
             spherical data sets.
+        preprocessing: images: pixel preprocessing layer, ``scale``, ``logit`` or ``none``.
+        image_linear_layers: images (pie, mflow, emflow): invertible linear layers across
+            scales before the projection to u (0: none).
+        image_linear_channels: images: channels per level those layers mix (times 2^level).
+        image_encoder: images (emflow, pae): ``conv`` or ``mlp`` encoder (and PAE decoder).
     """
 
     kind: str = "mflow"
@@ -216,6 +221,10 @@ class ModelConfig:
     steps_per_level: int | None = None
     chart: str | None = None
     standardize: bool | None = None
+    preprocessing: str | None = None
+    image_linear_layers: int | None = None
+    image_linear_channels: int | None = None
+    image_encoder: str | None = None
 
     def architecture(self) -> dict[str, Any]:
         """The architecture options that are set and that the kind takes (the rest: the

@@ -1,6 +1,7 @@
 """M_e-flow: an M-flow whose encoder is a separate, unrestricted network.
 
-Decoder g(u) = f(u, 0) as for the M-flow, encoder e: R^d -> R^n a residual MLP. The density is
+Decoder g(u) = f(u, 0) as for the M-flow, encoder e: R^d -> R^n a residual MLP (for images a
+convolutional net, :class:`mflows.conv_nets.ConvEncoder`). The density is
 the M-flow density at u = e(x):
 
     log p(x) = log p_u(u) - 1/2 log det(J_g(u)^T J_g(u)),   u = e(x),

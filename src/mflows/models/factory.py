@@ -19,13 +19,26 @@ coupling                   spline      ``"spline"`` or ``"affine"``
 conditional_outer          pie: True   context also enters f (and e for emflow); af always
                            else False
 pie_epsilon                0.01        width of PIE's off-manifold base N(0, eps^2 I)
-encoder_hidden_features    100         emflow / pae encoder (residual MLP) units
+encoder_hidden_features    100         emflow / pae encoder (residual MLP) units; images:
+                                       channels of the conv encoder's lowest resolution
 encoder_num_blocks         5           emflow / pae encoder residual blocks
-decoder_hidden_features    100         pae decoder units
+decoder_hidden_features    100         pae decoder units (images: as for the encoder)
 decoder_num_blocks         5           pae decoder residual blocks
 levels                     2           image outer flow: multi-scale levels
 steps_per_level            3           image outer flow: coupling steps per level
 image_options              {}          further keyword arguments of ``make_image_flow``
+preprocessing              "scale"     images (not fom): fixed first layer of f (and of the
+                                       conv nets) on pixel values in [0, 256): ``"scale"``
+                                       (x / 256 - 1/2), ``"logit"`` (logit of alpha +
+                                       (1 - 2 alpha) x / 256, alpha = 0.05) or ``"none"``
+image_linear_layers        2           pie / mflow / emflow images: LU layers mixing a subset
+                                       of the coordinates of every scale before the
+                                       projection to u (0: none)
+image_linear_channels      2           that subset: the first 2^l times this many channels
+                                       of level l (raised until it holds >= n coordinates)
+image_encoder              "conv"      emflow / pae images: ``"conv"`` (convolutional
+                                       encoder, and decoder for pae) or ``"mlp"`` (residual
+                                       MLPs on the flattened raw pixels)
 chart                      "sphere"    fom: ``"sphere"`` (logit angles, normalised density),
                                        ``"sphere-angles"`` (raw angles, as the paper),
                                        ``"sphere-stereographic"`` (no seam; centre set by
@@ -36,8 +49,11 @@ standardize                True        (not fom) standardise x: a first layer (x
                                        ``mflows.fit`` sets from the training data
 =========================  ==========  ==================================================
 
-Image data (``data_dim=(C, H, W)``) use ``make_image_flow`` as the outer flow (af, pie, mflow,
-emflow; pae uses MLPs on the flattened image). Image models are not standardised (per-pixel
+Image data (``data_dim=(C, H, W)``) use the pixel preprocessing layer, then ``make_image_flow``
+(then, for pie / mflow / emflow, the ``image_linear_layers``) as the outer flow f; the M_e-flow
+encoder and the PAE encoder and decoder are the convolutional nets of :mod:`mflows.conv_nets`
+(docs/guide.md, "Image models"). Densities stay those of the original pixel values (the
+preprocessing log-determinant is part of f). Image models are not standardised (per-pixel
 statistics are not wanted; ``standardize`` is recorded as False for them), nor is FOM (its chart
 is prescribed in data space).
 """
@@ -81,9 +97,15 @@ _OUTER = {"outer_layers": 5, "levels": 2, "steps_per_level": 3, "image_options":
 _INNER = {"inner_layers": 5}
 _ENCODER = {"encoder_hidden_features": 100, "encoder_num_blocks": 5}
 _DECODER = {"decoder_hidden_features": 100, "decoder_num_blocks": 5}
+# image-only options (ignored for vector data); load() maps files without them to the old
+# architecture (no preprocessing, no linear layers, MLP nets): _LEGACY_IMAGE.
+_PIXELS = {"preprocessing": "scale"}
+_PROJECTION = {"image_linear_layers": 2, "image_linear_channels": 2}
+_IMAGE_NETS = {"image_encoder": "conv"}
+_LEGACY_IMAGE = {"preprocessing": "none", "image_linear_layers": 0, "image_encoder": "mlp"}
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "af": {**_FLOW, **_OUTER, "outer_layers": 10},
+    "af": {**_FLOW, **_OUTER, **_PIXELS, "outer_layers": 10},
     "fom": {**{k: v for k, v in _FLOW.items() if k != "standardize"}, **_INNER, "chart": "sphere"},
     # the outer flow of the manifold models needs LU layers to rotate its manifold (and fit's
     # data-aware initialisation starts it at the PCA plane through the first of them).
@@ -91,13 +113,33 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         **_FLOW,
         **_OUTER,
         **_INNER,
+        **_PIXELS,
+        **_PROJECTION,
         "conditional_outer": True,
         "pie_epsilon": 0.01,
         "linear": "lu",
     },
-    "mflow": {**_FLOW, **_OUTER, **_INNER, "conditional_outer": False, "linear": "lu"},
-    "emflow": {**_FLOW, **_OUTER, **_INNER, **_ENCODER, "conditional_outer": False, "linear": "lu"},
-    "pae": {**_FLOW, **_INNER, **_ENCODER, **_DECODER},
+    "mflow": {
+        **_FLOW,
+        **_OUTER,
+        **_INNER,
+        **_PIXELS,
+        **_PROJECTION,
+        "conditional_outer": False,
+        "linear": "lu",
+    },
+    "emflow": {
+        **_FLOW,
+        **_OUTER,
+        **_INNER,
+        **_ENCODER,
+        **_PIXELS,
+        **_PROJECTION,
+        **_IMAGE_NETS,
+        "conditional_outer": False,
+        "linear": "lu",
+    },
+    "pae": {**_FLOW, **_INNER, **_ENCODER, **_DECODER, **_PIXELS, **_IMAGE_NETS},
 }
 
 #: the architecture keys each kind accepts.
@@ -165,11 +207,23 @@ def _standardized(flow: Transform, features: int) -> Transform:
     return CompositeTransform([Standardize(features), *layers])
 
 
-def _outer_flow(data_shape: tuple[int, ...], context_dim: int, arch: dict[str, Any]) -> Transform:
+def _outer_flow(
+    data_shape: tuple[int, ...], context_dim: int, arch: dict[str, Any], latent_dim: int = 0
+) -> Transform:
+    """f: tabular coupling flow, or for images [preprocessing,] multiscale flow[, linear layers].
+
+    ``latent_dim`` > 0 asks for the image linear layers before the projection to u.
+    """
     if len(data_shape) == 1:
         flow = _tabular_flow(data_shape[0], arch["outer_layers"], context_dim, arch, 0)
         return _standardized(flow, data_shape[0]) if arch.get("standardize") else flow
-    from mflows.transforms import make_image_flow
+    from mflows.transforms.base import CompositeTransform
+    from mflows.transforms.images import (
+        PartialLinear,
+        make_image_flow,
+        make_preprocessing,
+        multiscale_subset,
+    )
 
     options = {
         "context_features": context_dim,
@@ -179,7 +233,44 @@ def _outer_flow(data_shape: tuple[int, ...], context_dim: int, arch: dict[str, A
         "seed": arch["seed"],
         **arch["image_options"],
     }
-    return make_image_flow(data_shape, arch["levels"], arch["steps_per_level"], **options)
+    flow = make_image_flow(data_shape, arch["levels"], arch["steps_per_level"], **options)
+    layers: list[Transform] = [flow]
+    preprocessing = make_preprocessing(arch.get("preprocessing", "none"))
+    if preprocessing is not None:
+        layers.insert(0, preprocessing)
+    if latent_dim > 0 and arch.get("image_linear_layers", 0) > 0:
+        index = multiscale_subset(flow, arch["image_linear_channels"], latent_dim)
+        layers.append(PartialLinear(flow.features, index, arch["image_linear_layers"]))
+    return flow if len(layers) == 1 else CompositeTransform(layers)
+
+
+def _image_encoder(
+    data_shape: tuple[int, ...], latent_dim: int, context_dim: int, arch: dict[str, Any]
+) -> nn.Module:
+    from mflows.conv_nets import ConvEncoder
+    from mflows.transforms.images import make_preprocessing
+
+    return ConvEncoder(
+        data_shape,
+        latent_dim,
+        arch["encoder_hidden_features"],
+        arch["encoder_num_blocks"],
+        context_dim,
+        make_preprocessing(arch["preprocessing"]),
+    )
+
+
+def _image_decoder(data_shape: tuple[int, ...], latent_dim: int, arch: dict[str, Any]) -> nn.Module:
+    from mflows.conv_nets import ConvDecoder
+    from mflows.transforms.images import make_preprocessing
+
+    return ConvDecoder(
+        latent_dim,
+        data_shape,
+        arch["decoder_hidden_features"],
+        arch["decoder_num_blocks"],
+        make_preprocessing(arch["preprocessing"]),
+    )
 
 
 def _mlp(
@@ -214,6 +305,16 @@ _INT_MINIMUM = {
     "decoder_num_blocks": 1,
     "levels": 1,
     "steps_per_level": 1,
+    "image_linear_layers": 0,
+    "image_linear_channels": 1,
+}
+
+#: string options and their allowed values.
+_CHOICES = {
+    "linear": ("permutation", "lu", "none"),
+    "coupling": ("spline", "affine"),
+    "preprocessing": ("scale", "logit", "none"),
+    "image_encoder": ("conv", "mlp"),
 }
 
 #: positive real options.
@@ -280,14 +381,11 @@ def _resolve(kind: str, architecture: dict[str, Any]) -> dict[str, Any]:
         raise InvalidArgumentError(
             f"expected image_options a dict, got {type(arch['image_options']).__name__}"
         )
-    if arch["linear"] not in ("permutation", "lu", "none"):
-        raise InvalidArgumentError(
-            f"linear must be 'permutation', 'lu' or 'none', got {arch['linear']!r}"
-        )
-    if arch["coupling"] not in ("spline", "affine"):
-        raise InvalidArgumentError(
-            f"coupling must be 'spline' or 'affine', got {arch['coupling']!r}"
-        )
+    for name, choices in _CHOICES.items():
+        if name in arch and (not isinstance(arch[name], str) or arch[name] not in choices):
+            raise InvalidArgumentError(
+                f"{name} must be {' or '.join(map(repr, choices))}, got {arch[name]!r}"
+            )
     return arch
 
 
@@ -380,13 +478,24 @@ def make_model(
             return AmbientFlow(_outer_flow(data_shape, c, arch), model_data_dim, c, config)
         if kind == "fom":
             return FOM(chart, _inner_flow(latent_dim, c, arch), data_size, latent_dim, c, config)
+        conv_nets = image and arch.get("image_encoder") == "conv"
         if kind == "pae":
-            encoder = _mlp(
-                data_size, latent_dim, arch["encoder_hidden_features"], arch["encoder_num_blocks"]
-            )
-            decoder = _mlp(
-                latent_dim, data_size, arch["decoder_hidden_features"], arch["decoder_num_blocks"]
-            )
+            if conv_nets:
+                encoder = _image_encoder(data_shape, latent_dim, 0, arch)
+                decoder = _image_decoder(data_shape, latent_dim, arch)
+            else:
+                encoder = _mlp(
+                    data_size,
+                    latent_dim,
+                    arch["encoder_hidden_features"],
+                    arch["encoder_num_blocks"],
+                )
+                decoder = _mlp(
+                    latent_dim,
+                    data_size,
+                    arch["decoder_hidden_features"],
+                    arch["decoder_num_blocks"],
+                )
             inner = _inner_flow(latent_dim, c, arch)
             standardizer = None
             if arch["standardize"]:
@@ -395,7 +504,7 @@ def make_model(
                 standardizer = Standardize(data_size)
             return PAE(encoder, decoder, inner, model_data_dim, latent_dim, c, config, standardizer)
         outer_context = c if arch["conditional_outer"] else 0
-        outer = _outer_flow(data_shape, outer_context, arch)
+        outer = _outer_flow(data_shape, outer_context, arch, latent_dim)
         inner = _inner_flow(latent_dim, c, arch)
         if kind == "pie":
             return PIE(
@@ -412,13 +521,16 @@ def make_model(
             return MFlow(
                 outer, inner, model_data_dim, latent_dim, c, arch["conditional_outer"], config
             )
-        encoder = _mlp(
-            data_size,
-            latent_dim,
-            arch["encoder_hidden_features"],
-            arch["encoder_num_blocks"],
-            outer_context,
-        )
+        if conv_nets:
+            encoder = _image_encoder(data_shape, latent_dim, outer_context, arch)
+        else:
+            encoder = _mlp(
+                data_size,
+                latent_dim,
+                arch["encoder_hidden_features"],
+                arch["encoder_num_blocks"],
+                outer_context,
+            )
         return EMFlow(
             outer, encoder, inner, model_data_dim, latent_dim, c, arch["conditional_outer"], config
         )
@@ -477,6 +589,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", chart: Any 
     if config.get("kind") != "fom":
         # files written before standardisation existed hold unstandardised models
         architecture.setdefault("standardize", False)
+        # files written before the image options existed hold the old image architecture
+        keys = ARCHITECTURE_KEYS.get(config.get("kind"), ())
+        for key, value in _LEGACY_IMAGE.items():
+            if key in keys:
+                architecture.setdefault(key, value)
     if isinstance(architecture.get("chart"), str) and architecture["chart"].startswith("custom:"):
         if chart is None:
             raise InvalidArgumentError(

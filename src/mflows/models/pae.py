@@ -1,6 +1,7 @@
 """Probabilistic autoencoder (PAE): unrestricted encoder and decoder, a flow on the latent.
 
-e: R^d -> R^n and g: R^n -> R^d are residual MLPs trained as an autoencoder; the inner flow h
+e: R^d -> R^n and g: R^n -> R^d are residual MLPs (for images convolutional nets,
+:mod:`mflows.conv_nets`) trained as an autoencoder; the inner flow h
 models the density of u = e(x). Since g is not a flow, x has no tractable density:
 ``log_prob`` raises and ``latent_log_prob`` gives log p_u(u).
 

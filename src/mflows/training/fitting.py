@@ -84,6 +84,18 @@ def _check_options(**options: Any) -> dict[str, Any]:
     }
 
 
+def _with_hflips(losses: Callable[..., Any]) -> Callable[..., Any]:
+    """``losses`` evaluated on the batch with each image flipped left-right with probability
+    1/2 (global RNG, which the trainer seeds every epoch)."""
+
+    def flipped(model: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        flip = torch.rand(x.shape[0], device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return losses(model, x, *args, **kwargs)
+
+    return flipped
+
+
 def fit(
     model: nn.Module,
     x: Any,
@@ -117,6 +129,7 @@ def fit(
     threads: int | None = None,
     compile: bool | str = False,
     standardize: bool = True,
+    augment: str | None = None,
 ) -> History:
     """Trains ``model`` on ``x`` with one of the training schemes (docs/theory.md,
     "Training schemes").
@@ -156,7 +169,9 @@ def fit(
         callback: ``callback(epoch, record)`` after every epoch.
         data_init: start the manifold of a fresh M-flow / M_e-flow / PIE with LU layers at the
             PCA plane of the training data (:func:`mflows.initialization.initialize_from_data`;
-            models already trained or without LU layers are left alone).
+            models already trained or without LU layers are left alone). Independently, fresh
+            ActNorm layers of image flows always get their data-dependent start
+            (:func:`mflows.transforms.images.init_actnorm`).
         threads: CPU threads of torch during training. ``None``: the user's setting
             (``torch.set_num_threads``, ``OMP_NUM_THREADS``) if any, else mflows' policy (one
             thread for models whose step is too small to gain from more, see
@@ -170,6 +185,9 @@ def fit(
             identity (raw data space). Statistics once set are never changed by ``fit``
             (resuming and further training keep them; docs/guide.md, "Data scale and
             standardisation").
+        augment: ``"hflip"`` flips each training image horizontally with probability 1/2,
+            drawn anew every step (from the per-epoch seeded RNG, so runs repeat and resume
+            exactly); the validation data are never changed. ``None``: no augmentation.
 
     Returns:
         The :class:`~mflows.training.trainer.History`; ``model`` is trained in place.
@@ -215,6 +233,11 @@ def fit(
     validation_split = options.pop("validation_split")
 
     data_shape = tuple(getattr(model, "data_shape", (model.data_dim,)))
+    if augment not in (None, "hflip") or (augment and len(data_shape) != 3):
+        raise InvalidArgumentError(
+            f"augment must be None or 'hflip' (images only), got {augment!r} for data of "
+            f"shape {data_shape}"
+        )
     x = _as_data(x, "x", data_shape, None, model)
     n = x.shape[0]
     p = int(getattr(model, "context_dim", 0))
@@ -312,6 +335,14 @@ def fit(
         from mflows.initialization import initialize_from_data
 
         initialize_from_data(model, x[train_idx], None if context is None else context[train_idx])
+    if trains_manifold and not resuming:
+        # image flows: fresh ActNorm layers start at zero mean, unit variance on training data
+        # (part of the layer, as in Glow and the paper; independent of the PCA start)
+        from mflows.transforms.images import init_actnorm
+
+        init_actnorm(model, x[train_idx], None if context is None else context[train_idx])
+    if augment == "hflip":
+        trainer._losses = _with_hflips(trainer._losses)  # training steps only, not validation
     val = take(val_idx) if n_val > 0 else None
     with thread_policy(model, options["batch_size"], threads):
         return trainer.fit(take(train_idx), val, resume=resume)
