@@ -332,7 +332,8 @@ class Blobs(SimulatedDataset):
     def _fit(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Projection of data ``x``: latents ``z`` and squared pixel distances (cached)."""
         pixels = self._pixels(x)
-        key = hashlib.blake2b(pixels.tobytes(), digest_size=16).digest() + str(pixels.shape).encode()
+        digest = hashlib.blake2b(pixels.tobytes(), digest_size=16).digest()
+        key = digest + str(pixels.shape).encode()
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
