@@ -140,6 +140,7 @@ def test_conditional_density_depends_on_theta_and_prior():
     assert ds.log_prior(np.array([[1.5, 0.0]]))[0] == -np.inf
     train, test = ds.load("train", 50), ds.load("test", 50)
     assert train.theta.shape == (50, 2) and np.all(test.theta == 0)
+    assert ds.has_truth["log_prior"] and not data.get("blobs").has_truth["log_prior"]
     with pytest.raises(NotImplementedError):
         data.get("blobs").sample_prior(3)
 
@@ -162,6 +163,9 @@ def test_projection_recovers_parameters(n, ds2, ds8):
     err = np.abs(ds.latent_of(noisy) - z_train)
     assert err.max() < (0.01 if n == 2 else 0.1) and np.median(err) < 0.005
     dist = ds.distance_to_manifold(noisy)
+    # never worse than the true parameters (the global minimum was found)
+    at_truth = np.linalg.norm((noisy - ds.render(z_train).numpy()).reshape(num, -1), axis=1)
+    assert np.all(dist <= at_truth + 1e-9)
     expected = math.sqrt(3 * 16 * 16 / 6)  # rms of floor(r) + u - r is 1/sqrt(6) per pixel
     assert abs(dist.mean() / expected - 1) < 0.05
     proj = ds.project_to_manifold(noisy)

@@ -236,6 +236,14 @@ class Blobs(SimulatedDataset):
         inside = np.all(np.abs(theta) <= 1.0, axis=1)
         return np.where(inside, -self.parameter_dim * math.log(2.0), -np.inf)
 
+    @property
+    def has_truth(self) -> dict[str, bool]:
+        """As for every data set, with the prior methods only when ``conditional > 0``."""
+        truth = dict(super().has_truth)
+        if not self.parameter_dim:
+            truth["sample_prior"] = truth["log_prior"] = False
+        return truth
+
     def _need_parameters(self) -> None:
         if not self.parameter_dim:
             raise NotImplementedError("blobs with conditional=0 has no parameters, hence no prior")
