@@ -443,26 +443,40 @@ def _grid_start(ds: Blobs, x: torch.Tensor, points: int) -> torch.Tensor:
 def _levenberg_marquardt(
     ds: Blobs, x: torch.Tensor, z: torch.Tensor, iterations: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched Levenberg-Marquardt on ``|render(z) - x|^2`` with ``z`` clamped to the box."""
-    jac_fn = torch.func.vmap(torch.func.jacfwd(ds._render_flat))
+    """Batched Levenberg-Marquardt on ``|render(z) - x|^2`` with ``z`` clamped to the box.
+
+    Images leave the batch once a step moves no parameter by more than 1e-9 (or the damping
+    hits its ceiling), so the cost follows the slowest images only where they are.
+    """
+
+    def value_and_value(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = ds._render_flat(v)
+        return flat, flat
+
+    jac_fn = torch.func.vmap(torch.func.jacfwd(value_and_value, has_aux=True))
+    z = z.clone()
     lam = x.new_full((len(x),), 1e-3)
     loss = _squared_distance(ds, z, x)
     eye = torch.eye(ds.latent_dim, dtype=x.dtype)
+    active = torch.arange(len(x))
     for _ in range(iterations):
-        jac = jac_fn(z)  # (B, D, n)
-        r = ds._render_flat(z) - x
-        jtj = jac.mT @ jac
-        g = (jac.mT @ r[..., None])[..., 0]
-        damp = lam[:, None, None] * (torch.diagonal(jtj, dim1=1, dim2=2)[..., None] * eye + eye)
-        delta = torch.linalg.solve(jtj + damp, -g)
-        z_new = torch.clamp(z + delta, -1.0, 1.0)
-        loss_new = _squared_distance(ds, z_new, x)
-        better = loss_new < loss
-        z = torch.where(better[:, None], z_new, z)
-        loss = torch.where(better, loss_new, loss)
-        lam = torch.where(better, lam / 3.0, lam * 4.0).clamp(1e-9, 1e9)
-        if bool(((delta.abs().amax(1) < 1e-10) | (lam >= 1e9)).all()):
+        if len(active) == 0:
             break
+        za, xa, la = z[active], x[active], lam[active]
+        jac, rendered = jac_fn(za)  # (A, D, n), (A, D)
+        jtj = jac.mT @ jac
+        g = (jac.mT @ (rendered - xa)[..., None])[..., 0]
+        damp = la[:, None, None] * (torch.diagonal(jtj, dim1=1, dim2=2)[..., None] * eye + eye)
+        delta = torch.linalg.solve(jtj + damp, -g)
+        z_new = torch.clamp(za + delta, -1.0, 1.0)
+        loss_new = _squared_distance(ds, z_new, xa)
+        better = loss_new < loss[active]
+        z[active] = torch.where(better[:, None], z_new, za)
+        loss[active] = torch.where(better, loss_new, loss[active])
+        la = torch.where(better, la / 3.0, la * 4.0).clamp(1e-9, 1e9)
+        lam[active] = la
+        done = (delta.abs().amax(1) < 1e-9) | (la >= 1e9)
+        active = active[~done]
     return z, loss
 
 
