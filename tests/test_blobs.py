@@ -258,3 +258,21 @@ def test_image_model_log_prob_and_scoring_on_blobs(ds2):
     assert metrics["log_likelihood_reference"] == "true density on the manifold"
     assert 0 < metrics["manifold_distance"] <= ds2.distance_clip * (1 + 1e-9)
     assert "fid" not in metrics or metrics["fid"] is not None
+
+
+def test_ambient_densities_are_not_compared_with_the_manifold_truth(ds2):
+    from mflows.evaluation.scoring import _true_log_density
+
+    class Ambient:
+        density_on_manifold = False
+
+    class OnManifold:
+        density_on_manifold = True
+
+    test = ds2.load("test", n=4, seed=0)
+    results: dict = {}
+    assert _true_log_density(Ambient(), ds2, test, results) is None and not results
+    truth = _true_log_density(OnManifold(), ds2, test, results)
+    np.testing.assert_allclose(truth, ds2.log_density(test.x))
+    power = data.get("power")
+    assert _true_log_density(Ambient(), power, power.load("test", n=4), {}) is not None

@@ -102,7 +102,7 @@ def latent_mmd(
         ``latent_mmd`` (MMD^2) and ``latent_mmd_reference``, the same statistic between two
         independent true samples of that size (its noise level).
     """
-    from mflows.evaluation.mmd import mmd
+    from mflows.evaluation.mmd import median_distance, mmd
 
     x = to_numpy(samples)
     x = x[np.isfinite(x.reshape(len(x), -1)).all(axis=1)]
@@ -111,9 +111,10 @@ def latent_mmd(
     z_model = dataset.latent_of(x)
     z_true = dataset.sample_latent(len(x), theta, seed=seed)
     z_other = dataset.sample_latent(len(x), theta, seed=seed + 1)
+    width = median_distance(z_true)
     return {
-        "latent_mmd": mmd(z_model, z_true, bandwidth="y"),
-        "latent_mmd_reference": mmd(z_other, z_true, bandwidth="y"),
+        "latent_mmd": mmd(z_model, z_true, bandwidth=width),
+        "latent_mmd_reference": mmd(z_other, z_true, bandwidth=width),
     }
 
 
