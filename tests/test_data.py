@@ -39,6 +39,7 @@ def test_registry_names_get_describe():
         "gan64d",
         "celeba",
         "imagenet",
+        "blobs",
     }
     with pytest.raises(ValueError, match="unknown data set"):
         data.get("nope")

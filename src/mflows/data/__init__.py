@@ -1,9 +1,9 @@
 """Data sets of the paper behind one registry: ``get(name, **options)``, ``names()``, ``describe``.
 
 Simulated (true manifold and density known where noted): ``spherical_gaussian``,
-``conditional_spherical_gaussian``, ``power``, ``lorenz``. File-backed (downloaded on first use
-into the data directory, see :mod:`mflows.data.download`): ``lhc40d``, ``gan2d``, ``gan64d``,
-``celeba``, ``imagenet``.
+``conditional_spherical_gaussian``, ``power``, ``lorenz``, ``blobs`` (images). File-backed
+(downloaded on first use into the data directory, see :mod:`mflows.data.download`): ``lhc40d``,
+``gan2d``, ``gan64d``, ``celeba``, ``imagenet``.
 
 Your own data: :func:`from_arrays` (see :mod:`mflows.data.arrays`).
 
@@ -21,6 +21,7 @@ import inspect
 
 from .arrays import ArrayDataset, from_arrays, load_array
 from .base import Batch, Dataset, FileBackedDataset, SimulatedDataset
+from .blobs import Blobs
 from .download import DataNotAvailableError, data_dir
 from .images import CelebA, GAN2d, GAN64d, ImageNet
 from .lhc40d import LHC40d
@@ -31,6 +32,7 @@ from .spherical import ConditionalSphericalGaussian, SphericalGaussian
 __all__ = [
     "ArrayDataset",
     "Batch",
+    "Blobs",
     "CelebA",
     "ConditionalSphericalGaussian",
     "DataNotAvailableError",
@@ -64,6 +66,7 @@ _REGISTRY: dict[str, type[Dataset]] = {
         GAN64d,
         CelebA,
         ImageNet,
+        Blobs,
     )
 }
 

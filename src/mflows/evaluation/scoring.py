@@ -111,7 +111,12 @@ def score(model: Any, dataset: Any, options: ScoreOptions | None = None, **kwarg
       ``log_likelihood_mae`` and ``log_likelihood_reference`` (which true density);
     - ``ood_auc`` (and ``ood_auc_log_likelihood`` / ``ood_auc_reconstruction``);
     - ``log_posterior_true_theta`` and ``posterior_mmd`` (MCMC over theta);
-    - ``fid`` for images.
+    - ``fid`` for images (simulated images with exact truth: only when Inception weights are
+      found);
+    - ``latent_mmd`` (and ``latent_mmd_reference``) for data sets that give the latent
+      parameters of any image (``latent_of``): MMD between those of the generated samples and
+      true latent samples. Such sets may set ``distance_clip``, the clip of the manifold
+      distance and reconstruction error on their scale (default 10).
 
     Args:
         model: a trained mflows model (eval mode).
@@ -153,8 +158,11 @@ def score_with_artifacts(
     results["nonfinite_samples"] = int(
         (~np.isfinite(samples.reshape(len(samples), -1))).any(1).sum()
     )
+    clip = getattr(dataset, "distance_clip", CLIP)  # image sets: a clip on their pixel scale
     if dataset.has_truth.get("distance_to_manifold", False):
-        results["manifold_distance"] = M.manifold_distance(samples, dataset, clip=CLIP)
+        results["manifold_distance"] = M.manifold_distance(samples, dataset, clip=clip)
+    if hasattr(dataset, "latent_of"):
+        results.update(M.latent_mmd(samples, dataset, context, seed=opts.seed))
     if hasattr(dataset, "closure_tests"):
         from mflows.evaluation.closure import dataset_closure_score
 
@@ -166,7 +174,7 @@ def score_with_artifacts(
     artifacts["test"] = test.x
     if scores.reconstruction_error is not None:
         results["reconstruction_error"] = float(
-            np.mean(np.minimum(scores.reconstruction_error, CLIP))
+            np.mean(np.minimum(scores.reconstruction_error, clip))
         )
         artifacts["reconstruction_errors"] = scores.reconstruction_error
     if scores.log_prob is not None:
@@ -180,7 +188,7 @@ def score_with_artifacts(
             results["log_likelihood_mae"] = stats["mean_abs_error"]
         artifacts["log_prob"] = scores.log_prob
 
-    if is_image(dataset):
+    if is_image(dataset) and _fid_applies(dataset, opts):
         from mflows.evaluation import fid
 
         results["fid"] = fid(samples, test.x, weights=opts.inception_weights, device=device)
@@ -202,12 +210,27 @@ def score_with_artifacts(
     return Scores({k: _finite(v) for k, v in results.items()}, artifacts)
 
 
+def _fid_applies(dataset: Any, opts: ScoreOptions) -> bool:
+    """FID for image sets; for simulated images with exact truth only when weights are found."""
+    if not hasattr(dataset, "latent_of"):
+        return True
+    from mflows.evaluation.fid import find_inception_weights
+
+    try:
+        find_inception_weights(opts.inception_weights)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _true_log_density(model: Any, dataset: Any, test: Any, results: dict[str, Any]) -> Any:
     """The true log density to compare with: on the manifold or ambient, by capability."""
     if getattr(model, "density_on_manifold", False):
         if hasattr(dataset, "log_density_on_manifold"):
             results["log_likelihood_reference"] = "true density on the manifold"
             return dataset.log_density_on_manifold(test.x, test.theta)
+        return None
+    if not getattr(dataset, "ambient_density_known", True):  # truth only on the manifold
         return None
     if dataset.has_truth.get("log_density", False):
         results["log_likelihood_reference"] = "true ambient density"
