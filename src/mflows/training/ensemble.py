@@ -25,6 +25,7 @@ not (use :func:`mflows.fit` per seed for those).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -121,7 +122,7 @@ class _Stack:
         for name, stacked in buffers.items():
             if not all(torch.equal(stacked[0], b) for b in stacked[1:]):
                 self.buffers["model." + name] = stacked
-        self.module = _Losses(_copy_module(template)).train()
+        self.module = _Losses(copy.deepcopy(template)).train()
         self._vmapped = torch.vmap(self._member, in_dims=(0, 0, 0, 0), randomness="error")
 
     def groups_of(self, s: int, i: int) -> list[int]:
@@ -157,43 +158,70 @@ class _Stack:
                         model.get_parameter(n).copy_(part.reshape(self.shapes[n]))
 
 
-def _copy_module(model: nn.Module) -> nn.Module:
-    import copy
+class _Adam:
+    """One Adam/AdamW per member on the rows of ``(K, P)`` tensors.
 
-    return copy.deepcopy(model)
+    Every member's step is torch's own (fused where the device has the kernel) functional
+    Adam/AdamW on its rows, with its own learning rate, moments and step count, exactly as the
+    optimiser of :func:`mflows.fit`; members not listed in a step are left untouched.
+    """
 
-
-class _AdamW:
-    """Adam/AdamW (torch's update rule, betas (0.9, 0.999), eps 1e-8) on ``(K, P)`` tensors,
-    with a per-member learning rate and a per-member update mask."""
-
-    def __init__(self, flats: list[Tensor], weight_decay: float, decoupled: bool):
+    def __init__(self, flats: list[Tensor], k: int, weight_decay: float, decoupled: bool):
         self.flats = flats
         self.m = [torch.zeros_like(f) for f in flats]
         self.v = [torch.zeros_like(f) for f in flats]
-        self.t = 0
+        self.steps = [
+            [torch.zeros((), dtype=torch.float32, device=f.device) for f in flats] for _ in range(k)
+        ]
+        self.t = 0  # steps of the phase (the learning-rate schedule's clock)
         self.weight_decay = weight_decay
         self.decoupled = decoupled
+        self.fused: bool | None = True
 
     @torch.no_grad()
-    def step(self, grads: list[Tensor], lr: Tensor, mask: Tensor) -> None:
-        """One step; ``lr (K,)``; members with ``mask`` False keep their weights and moments."""
+    def step(self, grads: list[Tensor], lrs: list[float], members: list[int]) -> None:
+        """One step of the listed ``members`` with learning rates ``lrs`` (one per member)."""
         self.t += 1
-        b1, b2 = _BETAS
-        bc1, bc2 = 1 - b1**self.t, math.sqrt(1 - b2**self.t)
-        lr = lr.reshape(-1, 1)
-        keep = mask.reshape(-1, 1)
-        for p, g, m, v in zip(self.flats, grads, self.m, self.v):
-            g = torch.where(keep, g, 0.0)
-            if not self.decoupled and self.weight_decay:
-                g = g + self.weight_decay * p
-            m_new = m.lerp(g, 1 - b1)
-            v_new = v * b2 + (1 - b2) * g * g
-            new = p * (1 - lr * self.weight_decay) if self.decoupled else p
-            new = new - (lr / bc1) * m_new / (v_new.sqrt() / bc2 + _EPS)
-            p.copy_(torch.where(keep, new, p))
-            m.copy_(torch.where(keep, m_new, m))
-            v.copy_(torch.where(keep, v_new, v))
+        for j in members:
+            args = (
+                [f[j] for f in self.flats],
+                [g[j] for g in grads],
+                [m[j] for m in self.m],
+                [v[j] for v in self.v],
+                [],
+                self.steps[j],
+            )
+            try:
+                _adam_step(*args, self.fused, lrs[j], self.weight_decay, self.decoupled)
+            except RuntimeError:
+                if not self.fused:
+                    raise
+                self.fused = None  # a device or dtype without the fused kernel
+                _adam_step(*args, self.fused, lrs[j], self.weight_decay, self.decoupled)
+
+
+def _adam_step(params, grads, m, v, vmax, steps, fused, lr, weight_decay, decoupled) -> None:
+    options = dict(
+        amsgrad=False,
+        beta1=_BETAS[0],
+        beta2=_BETAS[1],
+        lr=lr,
+        weight_decay=weight_decay,
+        eps=_EPS,
+        maximize=False,
+    )
+    if fused is None:
+        options["foreach"] = params[0].device.type in ("cpu", "cuda")
+    else:
+        options["fused"] = fused
+    if decoupled:
+        from torch.optim.adamw import adamw
+
+        adamw(params, grads, m, v, vmax, steps, **options)
+    else:
+        from torch.optim.adam import adam
+
+        adam(params, grads, m, v, vmax, steps, **options)
 
 
 def _members(make: Any, seeds: list[int]) -> list[nn.Module]:
@@ -479,11 +507,9 @@ class _EnsembleRun:
         self.callback = callback
         self.stack = _Stack(models, schedule)
         self.k = len(models)
-        dtype = self.stack.flats[0].dtype if self.stack.flats else torch.float32
-        device = model_device(models[0])
-        self.base_lr = torch.tensor(lrs, dtype=dtype, device=device)
+        self.base_lr = [float(v) for v in lrs]
         self.histories = [History() for _ in models]
-        self.diverged = torch.zeros(self.k, dtype=torch.bool, device=device)
+        self.diverged = [False] * self.k
 
     def fit(self, train: tuple[Tensor, Tensor | None], val: tuple[Tensor, Tensor | None] | None):
         bar = None
@@ -510,7 +536,7 @@ class _EnsembleRun:
         decoupled = self.options["optimizer"] == "adamw"
         phase_groups = [stack.groups_of(s, i) for i in range(len(stage.phases))]
         optimizers = [
-            _AdamW([stack.flats[g] for g in gs], self.options["weight_decay"], decoupled)
+            _Adam([stack.flats[g] for g in gs], k, self.options["weight_decay"], decoupled)
             for gs in phase_groups
         ]
         total_steps = []
@@ -526,15 +552,15 @@ class _EnsembleRun:
         best_epoch: list[int | None] = [None] * k
         bad_epochs = [0] * k
         best = [f.clone() for f in stack.flats] if monitored else None
-        active = ~self.diverged.clone()
+        active = [not d for d in self.diverged]
         first = sum(st.epochs for st in self.schedule.stages[:s])
         arange = torch.arange(k, device=train[0].device).unsqueeze(1)
         for e in range(stage.epochs):
-            if not bool(active.any()):
+            if not any(active):
                 break
             epoch = first + e + 1
             tic = time.perf_counter()
-            recording = active.clone()
+            recording = list(active)
             gens = [torch.Generator().manual_seed(_epoch_seed(seed, epoch)) for seed in self.seeds]
             order = torch.stack([torch.randperm(n_train, generator=g) for g in gens])
             batches = order.to(train[0].device).split(bs, dim=1)
@@ -551,16 +577,16 @@ class _EnsembleRun:
                     )
                     names_of[i] = names
                     rows[i].append(row)
-                    if bool(bad.any()):
+                    if any(bad):
                         self._diverged(bad, epoch, b + 1, len(batches), phase, names, row)
-                        active &= ~bad
-            lr_now = (self.base_lr * _cosine(optimizers[0].t, total_steps[0])).tolist()
+                        active = [a and not b for a, b in zip(active, bad)]
+            lr_now = [lr * _cosine(optimizers[0].t, total_steps[0]) for lr in self.base_lr]
             means = _means(rows, names_of, len(batches), k)
             vals = self._validate(stage, val) if val is not None else None
             elapsed = time.perf_counter() - tic
             improved = [False] * k
             for j in range(k):
-                if not bool(recording[j]):
+                if not recording[j]:
                     continue
                 record: dict[str, Any] = {
                     "epoch": epoch,
@@ -576,7 +602,7 @@ class _EnsembleRun:
                 history = self.histories[j]
                 history.records.append(record)
                 history.wall_time += elapsed
-                if monitored and not bool(self.diverged[j]):
+                if monitored and not self.diverged[j]:
                     if not math.isfinite(record["val_loss"]):
                         self._diverged_validation(j, epoch, record["val_loss"])
                         active[j] = False
@@ -588,7 +614,7 @@ class _EnsembleRun:
                         patience = self.options["patience"]
                         if patience is not None and bad_epochs[j] >= patience:
                             active[j] = False
-                if bool(self.diverged[j]):
+                if self.diverged[j]:
                     record["diverged"] = 1.0
                 if self.callback is not None:
                     self.callback(j, epoch, record)
@@ -598,7 +624,7 @@ class _EnsembleRun:
                     best[g].copy_(torch.where(keep, flat, best[g]))
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(active=int(active.sum()))
+                bar.set_postfix(active=sum(active))
         for j in range(k):
             self.histories[j].best_epoch = best_epoch[j]
         if best is not None and any(b is not None for b in best_epoch):
@@ -610,12 +636,12 @@ class _EnsembleRun:
         self,
         phase: Phase,
         groups: list[int],
-        optimizer: _AdamW,
+        optimizer: _Adam,
         total_steps: int,
         x: Tensor,
         context: Tensor | None,
-        active: Tensor,
-    ) -> tuple[list[str], Tensor, Tensor]:
+        active: list[bool],
+    ) -> tuple[list[str], Tensor, list[bool]]:
         """One step of ``phase`` for every member; returns names, ``(K, T)`` row, bad flags."""
         stack = self.stack
         names = _ordered(phase.losses)
@@ -633,22 +659,27 @@ class _EnsembleRun:
             for leaf in leaves:
                 leaf.requires_grad_(False)
         grads = [torch.zeros_like(f) if g is None else g for f, g in zip(leaves, grads)]
-        norm = torch.stack([g.square().sum(1) for g in grads]).sum(0).sqrt()
+        # each member's gradient norm over the phase's parameters, clipped on its own
+        norms = [torch.linalg.vector_norm(g, dim=1) for g in grads]
+        norm = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), dim=0)
         clip = self.options["clip"]
         if clip is not None:
             coef = (clip / (norm + 1e-6)).clamp(max=1.0).unsqueeze(1)
-            grads = [g * coef for g in grads]
+            for g in grads:
+                g.mul_(coef)
         row = torch.cat([terms.detach(), loss.detach().unsqueeze(1), norm.unsqueeze(1)], 1)
-        bad = torch.isfinite(row).all(1).logical_not() & active
-        lr = self.base_lr * _cosine(optimizer.t, total_steps)
-        optimizer.step(grads, lr, active & ~bad)
+        finite = torch.isfinite(row).all(1).tolist()
+        bad = [a and not f for a, f in zip(active, finite)]
+        factor = _cosine(optimizer.t, total_steps)
+        members = [j for j in range(self.k) if active[j] and not bad[j]]
+        optimizer.step(grads, [lr * factor for lr in self.base_lr], members)
         return [*names, "loss", "gradient_norm"], row, bad
 
     def _diverged(
-        self, bad: Tensor, epoch: int, batch: int, n_batches: int, phase: Phase, names, row
+        self, bad: list[bool], epoch: int, batch: int, n_batches: int, phase: Phase, names, row
     ) -> None:
         """Stops (or raises for) the members flagged ``bad`` in a training step."""
-        for j in torch.nonzero(bad).flatten().tolist():
+        for j in [j for j, flag in enumerate(bad) if flag]:
             terms = dict(zip(names, row[j].tolist()))
             norm = terms.pop("gradient_norm")
             nonfinite = [k for k, v in terms.items() if not math.isfinite(v)]
