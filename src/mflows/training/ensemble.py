@@ -353,7 +353,8 @@ def fit_ensemble(
 
     Returns:
         ``(models, histories)``, one per seed, in the order of ``seeds``: ordinary models (save
-        and load like any other) and their :class:`~mflows.training.history.History`.
+        and load like any other) and their :class:`~mflows.training.history.History` (the
+        records of :func:`mflows.fit`; ``time`` is the wall time of the whole ensemble's epoch).
 
     Raises:
         InvalidArgumentError: bad inputs or options (as :func:`mflows.fit`), an empty ``seeds``,
