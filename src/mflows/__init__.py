@@ -35,6 +35,7 @@ __all__ = [
     "estimate_dimension",
     "evaluation",
     "fit",
+    "fit_ensemble",
     "load",
     "make_model",
     "models",
@@ -50,6 +51,7 @@ _LAZY = {
     "make_model": "mflows.models",
     "History": "mflows.training",
     "fit": "mflows.training",
+    "fit_ensemble": "mflows.training",
     "DimensionEstimate": "mflows.dimension",
     "estimate_dimension": "mflows.dimension",
 }
@@ -58,7 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mflows import data, evaluation, models, training, transforms
     from mflows.dimension import DimensionEstimate, estimate_dimension
     from mflows.models import Model, load, make_model
-    from mflows.training import History, fit
+    from mflows.training import History, fit, fit_ensemble
 
 
 def __getattr__(name: str) -> Any:

@@ -5,6 +5,7 @@ The entry point is :func:`fit`; :func:`schedule_for` builds the schedule of each
 """
 
 from mflows.training.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
+from mflows.training.ensemble import fit_ensemble
 from mflows.training.fitting import fit
 from mflows.training.history import History
 from mflows.training.phases import ALGORITHMS, LOSS_NAMES, Phase, Schedule, Stage, schedule_for
@@ -24,6 +25,7 @@ __all__ = [
     "TrainingDivergedError",
     "compute_losses",
     "fit",
+    "fit_ensemble",
     "load_checkpoint",
     "load_model_from_checkpoint",
     "save_checkpoint",
