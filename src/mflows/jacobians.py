@@ -138,7 +138,7 @@ def _jacobian_chunk_forward(
         index = torch.arange(k, device=u.device)
         basis[index, :, cols.start + index] = 1.0
         # vmap over the k directions only: the primal (forward pass) is computed once.
-        out = vmap(lambda t: jvp(fn, (u,), (t,))[1])(basis)  # noqa: B023 - used at once
+        out = vmap(lambda t: jvp(fn, (u,), (t,))[1])(basis)
         pieces.append(out.reshape(k, s, d).permute(1, 2, 0))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
@@ -147,7 +147,7 @@ def _jacobian_chunk_reverse(
     fn: Callable[[Tensor], Tensor], u: Tensor, blocks: list[range], d: int
 ) -> Tensor:
     """Rows of the Jacobian of the batched ``fn`` at ``u`` by blocks of VJPs: ``(s, d, n)``."""
-    s, n = u.shape
+    s = u.shape[0]
     out, pullback = vjp(lambda v: fn(v).reshape(s, -1), u)
     pieces = []
     for rows in blocks:

@@ -297,9 +297,7 @@ class Model(nn.Module):
         x_proj = self._chunked(self._project, x, context)
         return self._restore(self._unflatten(self._checked("project", x_proj, x)), batch)
 
-    def log_prob(
-        self, x: Any, context: Any = None, *, jacobian_chunk: int | None = None
-    ) -> Tensor:
+    def log_prob(self, x: Any, context: Any = None, *, jacobian_chunk: int | None = None) -> Tensor:
         """Exact log density of x (manifold models: of its projection onto the manifold).
 
         With standardisation (:attr:`standardizer`) this is still the density of the original
