@@ -310,7 +310,7 @@ class Model(nn.Module):
                 M_e-flow, FOM): how many of its n columns (rows, in reverse mode) are computed
                 at once, for this call; peak memory grows with it, the result does not depend
                 on it. ``None``: ``jacobian_options["jacobian_chunk"]``, whose default ``None``
-                keeps each block to ~1M tangent entries (blocks of ~85 columns, ~0.5 GB, for
+                keeps each block to ~1M tangent entries (at most 85 columns, ~0.5 GB, for
                 (3, 64, 64) images). Ignored by the other models.
 
         Returns:
