@@ -9,7 +9,7 @@ and its Jacobian trivial), warms up with one ``log_prob`` of an n = 8 model, the
 ``log_prob`` call on a batch of images (uniform pixels in [0, 1), fixed seed) under
 ``torch.no_grad()``. The driver interleaves the versions (alternating which goes first) and
 repeats. Reported: median and spread (min-max) of CPU time and wall time per image, peak
-resident memory of the process (``ru_maxrss``; on a GPU, peak allocated device memory), and the
+resident memory of the process (``VmHWM``; on a GPU, peak allocated device memory), and the
 largest difference between the two versions' log densities (the same model: a check that both
 compute the same thing).
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -63,10 +62,16 @@ def _model(n: int, device: str) -> Any:
     return model.to(device).eval()
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process image, in MB.
+
+    Not ``ru_maxrss``: Linux carries the parent's peak over an ``exec`` into it.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def worker(n: int, images: int, device: str, threads: int, chunk: int | None) -> None:
@@ -83,7 +88,7 @@ def worker(n: int, images: int, device: str, threads: int, chunk: int | None) ->
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        before = _rss_mb()
+        before = _status_mb("VmRSS")
         cpu, wall = time.process_time(), time.perf_counter()
         logp = model.log_prob(x, **kwargs)
         if cuda:
@@ -93,7 +98,7 @@ def worker(n: int, images: int, device: str, threads: int, chunk: int | None) ->
         "cpu": cpu / images,
         "wall": wall / images,
         "rss_before_mb": before,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _status_mb("VmHWM"),
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "logp": logp.cpu().tolist(),
     }

@@ -207,7 +207,7 @@ def test_blocks_bound_the_directions_pushed_at_once(monkeypatch):
 
 _MEMORY_SCRIPT = textwrap.dedent(
     """
-    import json, os, resource, sys
+    import json, sys
     import torch
     torch.set_num_threads(1)
     from mflows.models import make_model
@@ -216,8 +216,10 @@ _MEMORY_SCRIPT = textwrap.dedent(
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logp = model.log_prob(x, jacobian_chunk=chunk)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mb": peak, "logp": float(logp[0])}))
+    # VmHWM: peak RSS of this process image (ru_maxrss would include the parent's at exec)
+    with open("/proc/self/status") as f:
+        hwm = [line for line in f if line.startswith("VmHWM:")][0]
+    print(json.dumps({"peak_mb": int(hwm.split()[1]) / 1024, "logp": float(logp[0])}))
     """
 )
 
