@@ -20,7 +20,8 @@ Usage::
     python benchmarks/image_logprob.py --device cuda --threads 4 --no-write
     python benchmarks/image_logprob.py --jacobian-chunk 32   # smaller blocks (this tree only)
 
-About 8 minutes with the defaults (3 rounds, 2 images at n = 64, 1 at n = 512) on one core.
+About 10 minutes with the defaults (3 rounds, 2 images at n = 64, 1 at n = 512) on a loaded
+2-core machine, less on an idle one.
 """
 
 from __future__ import annotations
