@@ -14,9 +14,10 @@ so the maths lives in one place per kind and the checks in one place for all.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,15 @@ class Model(nn.Module):
         self.latent_dim = int(latent_dim)
         self.context_dim = int(context_dim)
         self.config = copy.deepcopy(config) if config is not None else None
-        #: options of :func:`mflows.jacobians.decoder_logdet` used by ``log_prob``.
-        self.jacobian_options: dict[str, Any] = {"chunk_size": None, "mode": "auto"}
+        #: options of :func:`mflows.jacobians.decoder_logdet` used by ``log_prob``:
+        #: ``chunk_size`` (samples per vectorised chunk), ``jacobian_chunk`` (decoder Jacobian
+        #: columns, or rows in reverse mode, per block; bounds memory on images) and ``mode``;
+        #: ``None`` picks a memory-bounded default (``mflows.jacobians.jacobian_plan``).
+        self.jacobian_options: dict[str, Any] = {
+            "chunk_size": None,
+            "jacobian_chunk": None,
+            "mode": "auto",
+        }
         self.logdet_method = "cholesky"
         #: the public methods process at most this many samples at once (``None``: no limit),
         #: so that peak memory does not grow with the batch; results do not depend on it.
@@ -289,7 +297,7 @@ class Model(nn.Module):
         x_proj = self._chunked(self._project, x, context)
         return self._restore(self._unflatten(self._checked("project", x_proj, x)), batch)
 
-    def log_prob(self, x: Any, context: Any = None) -> Tensor:
+    def log_prob(self, x: Any, context: Any = None, *, jacobian_chunk: int | None = None) -> Tensor:
         """Exact log density of x (manifold models: of its projection onto the manifold).
 
         With standardisation (:attr:`standardizer`) this is still the density of the original
@@ -298,6 +306,12 @@ class Model(nn.Module):
         Args:
             x: ``(*B, *data_dim)`` (any number >= 1 of leading batch dimensions).
             context: ``(*B, context_dim)`` or ``None``.
+            jacobian_chunk: for models whose density needs the decoder Jacobian (M-flow,
+                M_e-flow, FOM): how many of its n columns (rows, in reverse mode) are computed
+                at once, for this call; peak memory grows with it, the result does not depend
+                on it. ``None``: ``jacobian_options["jacobian_chunk"]``, whose default ``None``
+                keeps each block to ~1M tangent entries (at most 85 columns, ~0.5 GB, for
+                (3, 64, 64) images). Ignored by the other models.
 
         Returns:
             ``(*B,)``.
@@ -305,8 +319,31 @@ class Model(nn.Module):
         x, batch = self._leading(x, "x", self.data_shape)
         context = self._leading_context(context, batch)
         x = self._check_x(x)
-        logp = self._chunked(self._log_prob, x, self._check_context(context, x.shape[0]))
+        context = self._check_context(context, x.shape[0])
+        with self._jacobian_chunk_override(jacobian_chunk):
+            logp = self._chunked(self._log_prob, x, context)
         return self._restore(self._checked("log_prob", logp, x, log_density=True), batch)
+
+    @contextlib.contextmanager
+    def _jacobian_chunk_override(self, jacobian_chunk: int | None) -> Iterator[None]:
+        """Sets ``jacobian_options["jacobian_chunk"]`` for the duration of a call."""
+        if jacobian_chunk is None:
+            yield
+            return
+        if isinstance(jacobian_chunk, bool) or not isinstance(jacobian_chunk, int):
+            raise InvalidArgumentError(
+                f"expected jacobian_chunk a positive integer or None, got {jacobian_chunk!r}"
+            )
+        if jacobian_chunk < 1:
+            raise InvalidArgumentError(
+                f"expected jacobian_chunk a positive integer or None, got {jacobian_chunk!r}"
+            )
+        previous = self.jacobian_options.get("jacobian_chunk")
+        self.jacobian_options["jacobian_chunk"] = jacobian_chunk
+        try:
+            yield
+        finally:
+            self.jacobian_options["jacobian_chunk"] = previous
 
     def latent_log_prob(self, u: Any, context: Any = None) -> Tensor:
         """log p_u(u) = log N(h^-1(u)) + log |det J_h^-1(u)| through the inner flow h.

@@ -40,6 +40,7 @@ def _volume_logdet(model: Model, decode: Any, u: Tensor, context: Tensor | None)
         mode=model.jacobian_options.get("mode", "auto"),
         method=model.logdet_method,
         out_features=model.data_size,
+        jacobian_chunk=model.jacobian_options.get("jacobian_chunk"),
     )
 
 

@@ -67,19 +67,23 @@ class PIE(ManifoldFlowBase):
         u, v = z[:, : self.latent_dim], z[:, self.latent_dim :]
         return self._latent_log_prob(u, context) + normal_log_prob(v, self.epsilon) + logabsdet
 
-    def log_prob_manifold(self, x: Any, context: Any = None) -> Tensor:
+    def log_prob_manifold(
+        self, x: Any, context: Any = None, *, jacobian_chunk: int | None = None
+    ) -> Tensor:
         """Exact density on PIE's manifold g(u) = f(u, 0) at the projection of x (M-flow formula).
 
         Args:
             x: ``(B, *data_dim)``.
             context: ``(B, context_dim)`` or ``None``.
+            jacobian_chunk: decoder Jacobian columns per block, as in :meth:`Model.log_prob`.
 
         Returns:
             ``(B,)``.
         """
         x = self._check_x(x)
         context = self._check_context(context, x.shape[0])
-        logp = self._chunked(
-            lambda xi, ci: self._manifold_log_prob(self._encode(xi, ci), ci), x, context
-        )
+        with self._jacobian_chunk_override(jacobian_chunk):
+            logp = self._chunked(
+                lambda xi, ci: self._manifold_log_prob(self._encode(xi, ci), ci), x, context
+            )
         return self._checked("log_prob_manifold", logp, x, log_density=True)
