@@ -25,7 +25,10 @@ zero_grad, losses, a host-synchronised finiteness check of the losses, backward,
 clipping at 1 with a host-synchronised finiteness check of the norm, AdamW (torch's default
 implementation choice), cosine scheduler step. ``--step lean`` times the same maths with a
 foreach AdamW, foreach clipping and no host synchronisation, to show how much of the remaining
-time belongs to the trainer rather than to the models.
+time belongs to the trainer rather than to the models. ``--step compiled`` times the current
+tree's trainer step with its losses compiled by ``torch.compile`` (what ``fit(...,
+compile=True)`` does) against the baseline's eager trainer step; the compilation itself happens
+in the warm-up and is reported separately (``warm-up s``), not in the per-step times.
 
 Usage::
 
@@ -111,6 +114,9 @@ class _Case:
         self.schedulers = [
             torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10**6) for o in self.optimizers
         ]
+        if step == "compiled":
+            self._losses = torch.compile(self._losses, dynamic=False)
+            self.step = "trainer"
 
     def _losses(self, phase: int):
         m, x, c = self.model, self.x, self.c
@@ -172,11 +178,14 @@ def worker(step: str) -> None:
         name = line.strip()
         if not name:
             continue
+        warmup = {}
         if name not in cases:
+            tic = time.perf_counter()
             cases[name] = _Case(name, step)
-            cases[name].once()  # warm-up (lazy init, allocator)
+            cases[name].once()  # warm-up (lazy init, allocator, compilation)
             cases[name].once()
-        print(json.dumps(cases[name].measure()), flush=True)
+            warmup = {"warmup": time.perf_counter() - tic}
+        print(json.dumps({**cases[name].measure(), **warmup}), flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,11 +245,15 @@ def run(
         old_src = _export(baseline, Path(tmp))
         versions = {"baseline": old_src, "current": ROOT / "src"}
         for step in steps:
-            workers = {v: _Worker(src, step) for v, src in versions.items()}
+            # "compiled": the baseline runs its eager trainer step, the current tree compiles
+            workers = {
+                v: _Worker(src, "trainer" if step == "compiled" and v == "baseline" else step)
+                for v, src in versions.items()
+            }
             try:
                 for r in range(repeats):
                     for i, case in enumerate(cases):
-                        if step == "lean" and CASES[case][5] == "log_prob":
+                        if step in ("lean", "compiled") and CASES[case][5] == "log_prob":
                             continue
                         order = list(versions) if (r + i) % 2 == 0 else list(versions)[::-1]
                         for v in order:
@@ -269,6 +282,7 @@ def run(
                 _fmt(new["wall"]),
                 f"{wall_ratio:.2f}x",
                 f"{_rate(old['wall'])} -> {_rate(new['wall'])}",
+                f"{old['warmup'][0]:.1f} / {new['warmup'][0]:.1f}",
             ]
         )
     return rows, results
@@ -285,6 +299,7 @@ def _table(rows: list[list[str]]) -> str:
         "current wall ms",
         "wall ratio",
         "per s (wall)",
+        "warm-up s",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -308,7 +323,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats per case")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")
     parser.add_argument(
-        "--step", default="trainer,lean", help="trainer, lean or both (comma-separated)"
+        "--step",
+        default="trainer,lean,compiled",
+        help="trainer, lean, compiled (comma-separated)",
     )
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--json", default=None, help="write raw timings (JSON) here")

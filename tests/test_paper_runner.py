@@ -195,3 +195,13 @@ def test_sphere_density_figure_integrates_to_one(tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 1000
     # both densities are w.r.t. the sphere's area: midpoint quadrature over S^2 gives ~1
     assert abs(stats["true_mass"] - 1) < 0.01 and abs(stats["model_mass"] - 1) < 0.01
+
+
+def test_model_overrides_reach_the_configuration():
+    """A row's own overrides (the stereographic FOM) survive the experiment's row rewriting."""
+    exp = get_experiment("sphere2")
+    spec = next(m for m in exp.models if m.name == "fom_stereo")
+    config = runner.resolve_config(exp, spec, 0, runner.RunOptions())
+    assert config.model.chart == "sphere-stereographic" and config.model.latent_dim == 2
+    plain = next(m for m in exp.models if m.name == "fom")
+    assert runner.resolve_config(exp, plain, 0, runner.RunOptions()).model.chart == "sphere"

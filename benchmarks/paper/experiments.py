@@ -166,7 +166,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         name="sphere2",
         title="Spherical Gaussian, n = 2, d = 3 (epsilon = 0.01)",
         models=tuple(
-            ModelSpec(m.name, m.label, m.config, ("model.latent_dim=2",) if m.name != "af" else ())
+            ModelSpec(
+                m.name,
+                m.label,
+                m.config,
+                (*m.overrides, *(("model.latent_dim=2",) if m.name != "af" else ())),
+            )
             for m in _sphere_models("spherical_gaussian")
         ),
         metrics=SPHERE_METRICS,
