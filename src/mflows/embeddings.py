@@ -6,7 +6,7 @@
 
   - ``latent_dim`` (n) and ``data_dim`` (d) attributes,
   - ``decode(u) -> x``: ``(B, n) -> (B, d)``, differentiable and ``torch.func``-safe (it is
-    differentiated with ``jacfwd`` under ``vmap``; it receives a batch of one sample there),
+    differentiated in forward mode (blocks of Jacobian columns) on batches of samples),
   - ``encode(x) -> u``: ``(B, d) -> (B, n)``, a left inverse, ``encode(decode(u)) == u`` on the
     chart's domain; ``decode(encode(x))`` is the point of the manifold that x is mapped to.
 
