@@ -26,9 +26,12 @@ clipping at 1 with a host-synchronised finiteness check of the norm, AdamW (torc
 implementation choice), cosine scheduler step. ``--step lean`` times the same maths with a
 foreach AdamW, foreach clipping and no host synchronisation, to show how much of the remaining
 time belongs to the trainer rather than to the models. ``--step compiled`` times the current
-tree's trainer step with its losses compiled by ``torch.compile`` (what ``fit(...,
-compile=True)`` does) against the baseline's eager trainer step; the compilation itself happens
-in the warm-up and is reported separately (``warm-up s``), not in the per-step times.
+tree's trainer step with its losses compiled by ``torch.compile`` against the baseline's eager
+trainer step. ``--step fit`` times ``mflows.fit`` itself (one epoch of at least 50 batches, no
+validation, no standardisation or PCA start, 1 thread) in both versions, and ``--step
+fit-compiled`` the current tree's ``fit(..., compile=True)`` against the baseline's ``fit``:
+what a user gets. Compilation happens in the warm-up and is reported separately (``warm-up
+s``), not in the per-step times.
 
 Usage::
 
@@ -117,6 +120,43 @@ class _Case:
         if step == "compiled":
             self._losses = torch.compile(self._losses, dynamic=False)
             self.step = "trainer"
+        if step in ("fit", "fit-compiled"):
+            self._fit_setup(d, p, what, steps, step == "fit-compiled")
+
+    def _fit_setup(self, d: int, p: int, what: str, steps: int, compiled: bool) -> None:
+        """``mflows.fit`` itself, one epoch of at least 50 batches, same maths in both versions
+        (no standardisation, no PCA start, 1 thread) where the version has those options."""
+        import inspect
+
+        from mflows import fit
+
+        gen = self.torch.Generator().manual_seed(2)
+        self.steps = max(5 * steps, 50)  # batches per fit call: the call's own cost amortised
+        self.fit_data = (
+            self.torch.randn(100 * self.steps, d, generator=gen),
+            self.torch.randn(100 * self.steps, p, generator=gen),
+        )
+        wanted = {
+            "standardize": False,
+            "data_init": False,
+            "threads": 1,
+            **({"compile": True} if compiled else {}),
+        }
+        accepted = inspect.signature(fit).parameters
+        if compiled and "compile" not in accepted:
+            raise RuntimeError("this version's fit has no compile option")
+        self.fit_options = {
+            "algorithm": what,
+            "epochs": 1,
+            "batch_size": 100,
+            "lr": 1e-3,
+            "validation_split": 0.0,
+            "early_stopping": False,
+            "progress": False,
+            **{k: v for k, v in wanted.items() if k in accepted},
+        }
+        self.fit = fit
+        self.what = "fit"
 
     def _losses(self, phase: int):
         m, x, c = self.model, self.x, self.c
@@ -151,6 +191,9 @@ class _Case:
             sched.step()
 
     def once(self) -> None:
+        if self.what == "fit":
+            self.fit(self.model, *self.fit_data, **self.fit_options)
+            return
         if self.what == "log_prob":
             with self.torch.no_grad():
                 self.model.log_prob(self.x, self.c)
@@ -160,7 +203,8 @@ class _Case:
 
     def measure(self) -> dict[str, float]:
         cpu, wall = time.process_time(), time.perf_counter()
-        for _ in range(self.steps):
+        calls = 1 if self.what == "fit" else self.steps  # one fit = self.steps batches
+        for _ in range(calls):
             self.once()
         return {
             "cpu": (time.process_time() - cpu) / self.steps,
@@ -246,14 +290,15 @@ def run(
         versions = {"baseline": old_src, "current": ROOT / "src"}
         for step in steps:
             # "compiled": the baseline runs its eager trainer step, the current tree compiles
+            baseline_step = {"compiled": "trainer", "fit-compiled": "fit"}.get(step, step)
             workers = {
-                v: _Worker(src, "trainer" if step == "compiled" and v == "baseline" else step)
+                v: _Worker(src, baseline_step if v == "baseline" else step)
                 for v, src in versions.items()
             }
             try:
                 for r in range(repeats):
                     for i, case in enumerate(cases):
-                        if step in ("lean", "compiled") and CASES[case][5] == "log_prob":
+                        if step != "trainer" and CASES[case][5] == "log_prob":
                             continue
                         order = list(versions) if (r + i) % 2 == 0 else list(versions)[::-1]
                         for v in order:
@@ -325,7 +370,7 @@ def main() -> None:
     parser.add_argument(
         "--step",
         default="trainer,lean,compiled",
-        help="trainer, lean, compiled (comma-separated)",
+        help="trainer, lean, compiled, fit, fit-compiled (comma-separated)",
     )
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--json", default=None, help="write raw timings (JSON) here")
