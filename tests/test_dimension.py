@@ -220,3 +220,15 @@ def test_nested_training_resumes_bit_identically(tmp_path):
     resumed = run(checkpoint_dir=tmp_path, resume=True)
     for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_default_criterion_on_recorded_curves():
+    """Held-out curves E_k / E_0 of benchmarks/dimension.py (default budget, seed 0): the default
+    threshold criterion picks the true n on each; the ratio criterion is fooled on the 2-sphere,
+    whose first coordinate alone explains 89 % of the variance."""
+    sphere2 = [0.11329, 0.02205, 0.00988, 0.0077, 0.00583, 0.00398, 0.00257, 0.00076]
+    sphere5 = [0.35782, 0.23577, 0.16322, 0.10681, 0.02879, 0.01484, 0.00854, 0.00428]
+    power = [0.0973, 0.00852]
+    for curve, n in ((sphere2, 2), (sphere5, 5), (power, 2)):
+        assert choose_dimension(curve, 1.0) == n
+    assert choose_dimension(sphere2, 1.0, "ratio") == 1

@@ -21,9 +21,10 @@ def add_dimension_parser(sub: Any, formatter_class: Any, add_common: Any) -> Non
             "Trains one M-flow with latent dimension --max-dim whose coordinates are ordered by\n"
             "importance (nested dropout), measures the held-out reconstruction error of the\n"
             "first k coordinates for every k <= --max-dim and picks n by a criterion\n"
-            "(ratio: largest drop of the error; threshold: smallest k whose error is below a\n"
-            "fraction of the data variance). Prints the curve; --out writes dimension.json and\n"
-            "dimension.png there. See docs/guide.md, 'Choosing the manifold dimension'."
+            "(threshold, the default: smallest k whose error is below 5 % of the data\n"
+            "variance; ratio: largest drop of the error). Prints the curve; --out writes\n"
+            "dimension.json and dimension.png there. See docs/guide.md, 'Choosing the\n"
+            "manifold dimension'."
         ),
         epilog=(
             "examples:\n"
@@ -50,10 +51,13 @@ def add_dimension_parser(sub: Any, formatter_class: Any, add_common: Any) -> Non
         "--epochs", type=int, default=None, help="training epochs (default: about 3000 steps)"
     )
     parser.add_argument(
-        "--criterion", choices=("ratio", "threshold"), default="ratio", help="(default: ratio)"
+        "--criterion",
+        choices=("threshold", "ratio"),
+        default="threshold",
+        help="(default: threshold)",
     )
     parser.add_argument(
-        "--threshold", type=float, default=None, help="fraction of the variance (0.01)"
+        "--threshold", type=float, default=None, help="fraction of the variance (0.05)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="report directory")
