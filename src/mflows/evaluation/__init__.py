@@ -49,10 +49,12 @@ from mflows.evaluation.metrics import (
 from mflows.evaluation.mmd import median_distance, mmd
 from mflows.evaluation.plots import (
     plot_image_grid,
+    plot_latent_traversal,
     plot_learned_manifold,
     plot_manifold_density,
     plot_posterior,
     plot_reconstruction_errors,
+    plot_reconstructions,
     plot_samples,
     plot_training_curves,
 )
@@ -87,10 +89,12 @@ __all__ = [
     "model_posterior_samples",
     "ood_auc",
     "plot_image_grid",
+    "plot_latent_traversal",
     "plot_learned_manifold",
     "plot_manifold_density",
     "plot_posterior",
     "plot_reconstruction_errors",
+    "plot_reconstructions",
     "plot_samples",
     "plot_training_curves",
     "posterior_mmd",

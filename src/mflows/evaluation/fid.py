@@ -11,6 +11,11 @@ padding, a max pool in the last block). Its weights are read from a local file,
 ``pt_inception-2015-12-05-6726825d.pth``, given by path or the environment variable
 ``MFLOWS_INCEPTION_WEIGHTS``; nothing is downloaded.
 
+For simulated images (``blobs``), where no Inception file may be at hand,
+:func:`offline_scores` computes FID and KID on the features of :class:`RandomConvFeatures`, a
+small convolutional network with fixed, seeded random weights: reproducible anywhere, but
+comparable only within one benchmark.
+
 References:
     GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium.
     M. Heusel, H. Ramsauer, T. Unterthiner, B. Nessler and S. Hochreiter, NeurIPS 2017,
@@ -22,6 +27,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -37,11 +43,14 @@ from mflows.evaluation.metrics import to_numpy
 __all__ = [
     "INCEPTION_WEIGHTS_FILE",
     "InceptionV3Features",
+    "RandomConvFeatures",
     "compute_features",
     "fid",
     "find_inception_weights",
     "frechet_distance",
+    "kid",
     "load_inception",
+    "offline_scores",
 ]
 
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -408,3 +417,101 @@ def fid(
     mu_a, s_a = _statistics(compute_features(images_a, feature_extractor, batch_size, device))
     mu_b, s_b = _statistics(compute_features(images_b, feature_extractor, batch_size, device))
     return frechet_distance(mu_a, s_a, mu_b, s_b, method=method)
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline features: a small convolutional network with fixed, seeded random weights.
+
+
+class RandomConvFeatures(nn.Module):
+    """A fixed random convolutional feature network for FID / KID without downloads.
+
+    Three 3x3 convolutions (3 -> 32 -> 32 -> 32 channels, He-normal weights, zero biases,
+    ReLU, a 2x2 average pool after the first two), then an adaptive average pool to 4 x 4:
+    ``(B, 3, H, W)`` pixels in ``[0, input_range]`` (scaled to [-1, 1]) map to 512 features.
+    The pooled map keeps coarse positions (a global average would make the features blind to
+    where things are, which is all that varies on ``blobs`` with n = 2). The weights are drawn
+    from ``torch.Generator().manual_seed(seed)`` in float64 on the CPU, so every machine builds
+    the same network; nothing is trained or loaded.
+
+    The numbers it gives (``fid_offline``, ``kid_offline``) are comparable only with numbers
+    from the same network (same seed, same image size), e.g. between models on one benchmark,
+    never with Inception FIDs from the literature.
+    """
+
+    def __init__(self, seed: int = 0, input_range: float = 255.0, channels: int = 32):
+        super().__init__()
+        self.seed = seed
+        self.input_range = input_range
+        generator = torch.Generator().manual_seed(seed)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c_in, channels, 3, padding=1) for c_in in (3, channels, channels)
+        )
+        with torch.no_grad():
+            for conv in self.convs:
+                fan_in = conv.in_channels * 9
+                weight = torch.randn(conv.weight.shape, generator=generator, dtype=torch.float64)
+                conv.weight.copy_(weight * math.sqrt(2.0 / fan_in))
+                conv.bias.zero_()
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images.shape == (B, 3, H, W), got {tuple(images.shape)}")
+        x = 2.0 * images / self.input_range - 1.0
+        for k, conv in enumerate(self.convs):
+            x = F.relu(conv(x))
+            if k < 2:
+                x = F.avg_pool2d(x, 2)
+        return F.adaptive_avg_pool2d(x, 4).flatten(1)
+
+
+def kid(features_a: Any, features_b: Any) -> float:
+    r"""Kernel inception distance: unbiased MMD^2 with the cubic polynomial kernel.
+
+    :math:`k(x, y) = (x \cdot y / k + 1)^3` for ``k``-dimensional features (Bińkowski et al.,
+    Demystifying MMD GANs, ICLR 2018, arXiv:1801.01401), on the full sets (no subsets). Unbiased:
+    close to 0, and possibly slightly negative, for two samples of the same distribution.
+
+    Args:
+        features_a: ``(N, k)`` features, N >= 2.
+        features_b: ``(M, k)`` features, M >= 2.
+    """
+    a = np.asarray(to_numpy(features_a), dtype=np.float64)
+    b = np.asarray(to_numpy(features_b), dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"expected (N, k), (M, k) features, N, M >= 2; got {a.shape} {b.shape}")
+    dim = a.shape[1]
+    k_aa = (a @ a.T / dim + 1.0) ** 3
+    k_bb = (b @ b.T / dim + 1.0) ** 3
+    k_ab = (a @ b.T / dim + 1.0) ** 3
+    n, m = len(a), len(b)
+    term_a = (k_aa.sum() - np.trace(k_aa)) / (n * (n - 1))
+    term_b = (k_bb.sum() - np.trace(k_bb)) / (m * (m - 1))
+    return float(term_a + term_b - 2.0 * k_ab.mean())
+
+
+def offline_scores(
+    images_a: Any, images_b: Any, seed: int = 0, batch_size: int = 250
+) -> dict[str, float]:
+    """FID and KID between two image sets on the features of :class:`RandomConvFeatures`.
+
+    Args:
+        images_a: Images ``(N, 3, H, W)``, pixel values in [0, 255].
+        images_b: Images ``(M, 3, H, W)``.
+        seed: Seed of the feature network.
+        batch_size: Images per forward pass.
+
+    Returns:
+        ``{"fid_offline": ..., "kid_offline": ...}``.
+    """
+    network = RandomConvFeatures(seed=seed)
+    feats_a = compute_features(images_a, network, batch_size, "cpu")
+    feats_b = compute_features(images_b, network, batch_size, "cpu")
+    mu_a, s_a = _statistics(feats_a)
+    mu_b, s_b = _statistics(feats_b)
+    return {
+        "fid_offline": frechet_distance(mu_a, s_a, mu_b, s_b),
+        "kid_offline": kid(feats_a, feats_b),
+    }

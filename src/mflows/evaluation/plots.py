@@ -21,10 +21,12 @@ from mflows.files import atomic_path
 
 __all__ = [
     "plot_image_grid",
+    "plot_latent_traversal",
     "plot_learned_manifold",
     "plot_manifold_density",
     "plot_posterior",
     "plot_reconstruction_errors",
+    "plot_reconstructions",
     "plot_samples",
     "plot_training_curves",
     "read_history",
@@ -466,3 +468,78 @@ def plot_image_grid(
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def plot_reconstructions(
+    images: Any,
+    reconstructions: Any,
+    path: str | os.PathLike,
+    value_range: tuple[float, float] = (0.0, 255.0),
+    title: str | None = "test images (top), their projections (bottom)",
+) -> Path:
+    """Images next to their reconstructions: two rows of :func:`plot_image_grid`.
+
+    Args:
+        images: ``(N, C, H, W)`` images.
+        reconstructions: Same shape: e.g. ``model.project(images)``.
+        path: Output PNG.
+        value_range: Pixel range mapped to black..white.
+        title: Optional title.
+    """
+    x, r = to_numpy(images), to_numpy(reconstructions)
+    if x.shape != r.shape:
+        raise ValueError(f"images and reconstructions differ in shape: {x.shape} vs {r.shape}")
+    return plot_image_grid(
+        np.concatenate([x, r]), path, ncols=len(x), value_range=value_range, title=title
+    )
+
+
+def plot_latent_traversal(
+    model: Any,
+    path: str | os.PathLike,
+    u_reference: Any,
+    steps: int = 8,
+    context: Any | None = None,
+    value_range: tuple[float, float] = (0.0, 255.0),
+) -> Path:
+    """Images decoded along the learned manifold's coordinates u.
+
+    For ``latent_dim == 2`` a ``steps x steps`` grid over both coordinates; otherwise one row per
+    coordinate (at most 8), the others held at their median. The range of each coordinate runs
+    from the 2nd to the 98th percentile of ``u_reference`` (e.g. ``model.encode(test images)``).
+
+    Args:
+        model: A model with a manifold (``decode``).
+        path: Output PNG.
+        u_reference: ``(M, latent_dim)`` coordinates that set the ranges.
+        steps: Images per coordinate.
+        context: Parameters ``(p,)`` for conditional models.
+        value_range: Pixel range mapped to black..white.
+    """
+    import torch
+
+    u_ref = to_numpy(u_reference).reshape(len(u_reference), -1)
+    n = u_ref.shape[1]
+    low, high = np.percentile(u_ref, 2, axis=0), np.percentile(u_ref, 98, axis=0)
+    lines = [np.linspace(low[i], high[i], steps) for i in range(n)]
+    if n == 2:
+        a, b = np.meshgrid(lines[0], lines[1], indexing="ij")
+        u = np.stack([a.ravel(), b.ravel()], axis=1)
+    else:
+        rows = []
+        for i in range(min(n, 8)):
+            row = np.repeat(np.median(u_ref, axis=0)[None], steps, axis=0)
+            row[:, i] = lines[i]
+            rows.append(row)
+        u = np.concatenate(rows)
+    params = list(model.parameters())
+    dtype = params[0].dtype if params else torch.float32
+    device = params[0].device if params else None
+    ctx = None
+    if context is not None:
+        ctx = torch.as_tensor(to_numpy(context), dtype=dtype, device=device)
+        ctx = ctx.reshape(1, -1).expand(len(u), -1)
+    with torch.no_grad():
+        images = to_numpy(model.decode(torch.as_tensor(u, dtype=dtype, device=device), ctx))
+    title = "latent traversal: u_1 down, u_2 across" if n == 2 else "latent traversal, per u_i"
+    return plot_image_grid(images, path, ncols=steps, value_range=value_range, title=title)

@@ -112,7 +112,9 @@ def score(model: Any, dataset: Any, options: ScoreOptions | None = None, **kwarg
     - ``ood_auc`` (and ``ood_auc_log_likelihood`` / ``ood_auc_reconstruction``);
     - ``log_posterior_true_theta`` and ``posterior_mmd`` (MCMC over theta);
     - ``fid`` for images (simulated images with exact truth: only when Inception weights are
-      found);
+      found); for simulated images also ``fid_offline`` and ``kid_offline`` on fixed random
+      conv features (:func:`mflows.evaluation.fid.offline_scores`), with ``*_reference`` for
+      true images;
     - ``latent_mmd`` (and ``latent_mmd_reference``) for data sets that give the latent
       parameters of any image (``latent_of``): MMD between those of the generated samples and
       true latent samples. Such sets may set ``distance_clip``, the clip of the manifold
@@ -192,6 +194,8 @@ def score_with_artifacts(
         from mflows.evaluation import fid
 
         results["fid"] = fid(samples, test.x, weights=opts.inception_weights, device=device)
+    if is_image(dataset) and hasattr(dataset, "latent_of"):
+        results.update(_offline_fid(dataset, samples, test.x, context, opts.seed))
 
     # OOD detection ---------------------------------------------------------------------------
     if dataset.has_truth.get("sample_ood", False):
@@ -221,6 +225,21 @@ def _fid_applies(dataset: Any, opts: ScoreOptions) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def _offline_fid(dataset: Any, samples: Any, test_x: Any, context: Any, seed: int) -> dict:
+    """FID / KID on fixed random conv features (``fid_offline``, ``kid_offline``) of the finite
+    samples against the test images; ``*_reference``: the same for as many true images."""
+    from mflows.evaluation.fid import offline_scores
+
+    finite = samples[np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)]
+    if len(finite) < 2:
+        return {}
+    reference = dataset.sample(len(samples), theta=context, seed=seed + 2)
+    return {
+        **offline_scores(finite, test_x),
+        **{f"{k}_reference": v for k, v in offline_scores(reference, test_x).items()},
+    }
 
 
 def _true_log_density(model: Any, dataset: Any, test: Any, results: dict[str, Any]) -> Any:

@@ -127,6 +127,8 @@ class DataConfig:
         x_test_file: explicit test points (``--test-data``).
         theta_test_file: their parameters (``--test-theta``).
         x_ood_file: out-of-distribution points for the OOD AUC (``--ood-data``).
+        size: image side of image data sets that take it (``blobs``: 16, 32 or 64).
+        conditional: number of parameters theta of data sets that take it (``blobs``: 0, 1, 2).
         checksums: SHA-256 digests of the files above, ``key:digest`` pairs separated by commas;
             written by ``mflows train`` so that a run refuses data files that changed since.
     """
@@ -143,6 +145,8 @@ class DataConfig:
     x_test_file: str | None = None
     theta_test_file: str | None = None
     x_ood_file: str | None = None
+    size: int | None = None
+    conditional: int | None = None
     checksums: str | None = None
 
     def files(self) -> dict[str, str]:
@@ -156,6 +160,8 @@ class DataConfig:
         opts = {"n": self.latent_dim, "d": self.data_dim}
         opts["epsilon"] = self.epsilon
         opts["data_dir"] = self.data_dir
+        opts["size"] = self.size
+        opts["conditional"] = self.conditional
         return {k: v for k, v in opts.items() if v is not None}
 
 
@@ -393,6 +399,7 @@ class RunConfig:
             "data.latent_dim": d.latent_dim,
             "data.data_dim": d.data_dim,
             "data.n_train": d.n_train,
+            "data.size": d.size,
             "training.epochs": t.epochs,
             "training.batch_size": t.batch_size,
             "training.lr": t.lr,
@@ -415,6 +422,7 @@ class RunConfig:
             "evaluation.mcmc_burn_in": e.mcmc_burn_in,
             "model.inner_layers": m.inner_layers,
             "data.epsilon": d.epsilon,
+            "data.conditional": d.conditional,
             "data.seed": d.seed,
             "training.seed": t.seed,
             "evaluation.seed": e.seed,

@@ -561,8 +561,8 @@ def evaluate_run(
     """Score a run with :func:`mflows.evaluation.score`; write metrics.json, plots, report.html.
 
     Raises:
-        RunError: for a missing or unreadable model, or, for image data, missing Inception
-            weights.
+        RunError: for a missing or unreadable model, or, for image data other than simulated
+            images with exact truth (``blobs``), missing Inception weights.
     """
     from mflows.evaluation.scoring import is_image, score_with_artifacts
 
@@ -570,7 +570,9 @@ def evaluate_run(
     config = _run_config(run_dir, overrides, None)
     dataset = get_dataset(config.data)
     ev = config.evaluation
-    if is_image(dataset):  # check before any expensive work
+    # check before any expensive work; simulated images (``latent_of``: exact truth) are scored
+    # without Inception weights (FID only when found, offline FID / KID always)
+    if is_image(dataset) and not hasattr(dataset, "latent_of"):
         from mflows.evaluation.fid import find_inception_weights
 
         try:
@@ -610,6 +612,8 @@ def _make_plots(run: LoadedRun, artifacts: dict[str, Any], plots_dir: Path) -> l
     if is_image(dataset):
         paths.append(P.plot_image_grid(samples[:36], plots_dir / "samples.png", title="samples"))
         paths.append(P.plot_image_grid(test[:36], plots_dir / "test_images.png", title="data"))
+        if model.has_manifold:
+            paths.extend(_image_manifold_plots(model, test, artifacts.get("context"), plots_dir))
     else:
         context = artifacts.get("context")
         where = "" if context is None else f" at theta = {np.round(context, 4).tolist()}"
@@ -648,6 +652,29 @@ def _make_plots(run: LoadedRun, artifacts: dict[str, Any], plots_dir: Path) -> l
             )
         )
     return [Path(p) for p in paths]
+
+
+def _image_manifold_plots(model, test: np.ndarray, context, plots_dir: Path) -> list[Path]:
+    """Reconstructions of 12 test images and a traversal of the learned manifold."""
+    import torch
+
+    from mflows.evaluation import plots as P
+
+    params = list(model.parameters())
+    dtype = params[0].dtype if params else torch.float32
+    device = params[0].device if params else None
+    x = torch.as_tensor(test[:200], dtype=dtype, device=device)
+    ctx = None
+    if context is not None:
+        ctx = torch.as_tensor(context, dtype=dtype, device=device).reshape(1, -1)
+        ctx = ctx.expand(len(x), -1)
+    with torch.no_grad():
+        projected = model.project(x[:12], context=None if ctx is None else ctx[:12]).cpu()
+        u = model.encode(x, context=ctx).cpu().numpy()
+    return [
+        P.plot_reconstructions(test[:12], projected.numpy(), plots_dir / "reconstructions.png"),
+        P.plot_latent_traversal(model, plots_dir / "latent_traversal.png", u, context=context),
+    ]
 
 
 def _write_plots_and_report(run: LoadedRun, metrics: dict[str, Any], artifacts: dict) -> None:
