@@ -1,7 +1,7 @@
 """Shared helpers of the paper-reproduction and speed benchmarks (not part of the library).
 
-Only ``benchmarks/paper_power.py``, ``benchmarks/paper_sphere.py`` and ``benchmarks/speed.py``
-use this module.
+Used by the benchmark scripts run from this folder (``speed.py``, ``compare_speed.py``,
+``image_logprob.py``, ``paper_power.py``, ``paper_sphere.py``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ import torch
 
 __all__ = [
     "Timer",
+    "export_src",
     "fmt",
     "generate",
     "markdown_table",
@@ -193,3 +195,13 @@ def run_models(
             print((tmp / f"{name}.log").read_text()[-2000:], flush=True)
             results.append({"model": name, "label": labels[name], "failed": codes[name]})
     return results
+
+
+def export_src(revision: str, target: Path) -> Path:
+    """Extracts ``src/`` of a git revision of this repository into ``target``; returns its path."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", revision, "src"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target / "src"

@@ -52,6 +52,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import export_src
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- compare_speed:begin -->"
@@ -237,14 +239,6 @@ def worker(step: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _export(revision: str, target: Path) -> Path:
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "src"], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return target / "src"
-
-
 class _Worker:
     def __init__(self, src: Path, step: str):
         env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -286,7 +280,7 @@ def run(
     """Measures every case on both versions; returns table rows and the raw results."""
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="mflows-baseline-") as tmp:
-        old_src = _export(baseline, Path(tmp))
+        old_src = export_src(baseline, Path(tmp))
         versions = {"baseline": old_src, "current": ROOT / "src"}
         for step in steps:
             # "compiled": the baseline runs its eager trainer step, the current tree compiles

@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import export_src
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- image_logprob:begin -->"
@@ -111,14 +113,6 @@ def worker(n: int, images: int, device: str, threads: int, chunk: int | None) ->
 # --------------------------------------------------------------------------------------------
 
 
-def _export(revision: str, target: Path) -> Path:
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "src"], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return target / "src"
-
-
 def _measure(
     src: Path, n: int, images: int, device: str, threads: int, chunk: int | None
 ) -> dict[str, Any]:
@@ -150,7 +144,7 @@ def run(args: argparse.Namespace) -> str:
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     cases = [(64, args.images64), (512, args.images512)]
     with tempfile.TemporaryDirectory(prefix="mflows-baseline-") as tmp:
-        versions = {args.baseline: _export(args.baseline, Path(tmp)), **versions}
+        versions = {args.baseline: export_src(args.baseline, Path(tmp)), **versions}
         names = list(versions)
         for r in range(args.rounds):
             for n, images in cases:
