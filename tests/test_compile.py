@@ -77,3 +77,22 @@ def test_genuine_errors_propagate_without_warning():
         with pytest.raises(RuntimeError):
             fn(torch.zeros(3))
     assert fn.compiled is not True
+
+
+@pytest.mark.parametrize(
+    "kind, weights",
+    [("mflow", {"mse": 1.0}), ("mflow", {"latent_nll": 1.0}), ("af", {"nll": 1.0})],
+)
+def test_training_losses_compile_to_one_graph(kind, weights):
+    # the input and output checks of the models are data-dependent branches; under compilation
+    # they step aside, so a training step is one graph (graph breaks cost fusion, extra guard
+    # evaluations and one warning per compilation)
+    from mflows.training.trainer import compute_losses
+
+    torch._dynamo.reset()
+    tiny = TINY if kind == "mflow" else {k: v for k, v in TINY.items() if k != "inner_layers"}
+    model = make_model(kind, 3, 2 if kind == "mflow" else None, context_dim=1, seed=0, **tiny)
+    x, c = torch.randn(16, 3), torch.randn(16, 1)
+    explanation = torch._dynamo.explain(compute_losses)(model, x, c, None, weights, {})
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

@@ -87,7 +87,9 @@ def as_tensor(
             raise InvalidArgumentError(f"expected {name}.shape[-1] == {trailing[0]}, got {got[0]}")
         raise InvalidArgumentError(f"expected {name} of shape {expected}, got {tuple(t.shape)}")
     t = t.to(dtype=dtype, device=device)
-    if not bool(torch.isfinite(t).all()):
+    # a data-dependent check would break a compiled graph (and warn on every compilation); a
+    # compiled training step sees batches that fit() has already checked once
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(t).all()):
         raise InvalidArgumentError(f"{name} contains non-finite values (NaN or inf)")
     return t
 

@@ -220,6 +220,8 @@ class Model(nn.Module):
         non-finite outputs come from the model itself (e.g. a diverged training) and are
         returned as they are, so that the trainer can report the divergence.
         """
+        if torch.compiler.is_compiling():
+            return out  # a data-dependent branch would break the compiled graph
         finite = torch.isfinite(out)
         if log_density:
             finite = finite | (out == -torch.inf)
