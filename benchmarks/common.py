@@ -27,6 +27,7 @@ __all__ = [
     "generate",
     "markdown_table",
     "print_settings",
+    "replace_marked_block",
     "write_json",
 ]
 
@@ -205,3 +206,19 @@ def export_src(revision: str, target: Path) -> Path:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     return target / "src"
+
+
+def replace_marked_block(text: str, marker: str, block: str, *, append: bool = False) -> str:
+    """``text`` with the lines between ``<!-- marker:begin -->`` and ``<!-- marker:end -->``
+    replaced by ``block`` (the generated parts of docs/benchmarks.md).
+
+    Raises ``ValueError`` when the markers are missing, unless ``append`` is set: then the
+    marked block is added at the end.
+    """
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        if not append:
+            raise ValueError(f"the markers {begin} ... {end} are missing")
+        return text.rstrip("\n") + f"\n\n{begin}\n{block.rstrip()}\n{end}\n"
+    return text[: start + len(begin)] + "\n" + block.rstrip() + "\n" + text[stop:]

@@ -52,12 +52,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import export_src
+from common import export_src, replace_marked_block
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN = "<!-- compare_speed:begin -->"
-END = "<!-- compare_speed:end -->"
+MARKER = "compare_speed"
 
 POWER = {
     "outer_layers": 5,
@@ -346,14 +345,7 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def _write_doc(text: str) -> None:
-    doc = DOC.read_text()
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        doc = head + BEGIN + "\n" + text + "\n" + END + tail
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + BEGIN + "\n" + text + "\n" + END + "\n"
-    DOC.write_text(doc)
+    DOC.write_text(replace_marked_block(DOC.read_text(), MARKER, text, append=True))
 
 
 def main() -> None:

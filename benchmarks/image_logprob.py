@@ -37,12 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import export_src
+from common import export_src, replace_marked_block
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN = "<!-- image_logprob:begin -->"
-END = "<!-- image_logprob:end -->"
+MARKER = "image_logprob"
 SHAPE = (3, 64, 64)
 BASELINE = "f485bc2"
 
@@ -186,11 +185,6 @@ def run(args: argparse.Namespace) -> str:
 
 
 def _write_doc(table: str, args: argparse.Namespace) -> None:
-    text = DOC.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} block to replace")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
     import torch
 
@@ -198,7 +192,11 @@ def _write_doc(table: str, args: argparse.Namespace) -> None:
         f"Measured {stamp}, torch {torch.__version__.split('+')[0]}, device {args.device}, "
         f"{args.threads} thread(s), {args.rounds} rounds, baseline {args.baseline}:"
     )
-    DOC.write_text(f"{head}{BEGIN}\n{note}\n\n{table}\n{END}{tail}")
+    try:
+        text = replace_marked_block(DOC.read_text(), MARKER, f"{note}\n\n{table}")
+    except ValueError as error:
+        raise SystemExit(f"{DOC}: {error}") from None
+    DOC.write_text(text)
 
 
 def main() -> None:

@@ -149,6 +149,12 @@ def test_render_from_files_only(tmp_path):
     assert "stale row" not in text and "0.020 [0.010, 0.030]" in text
     with pytest.raises(ValueError, match="markers"):
         render.rewrite("no markers", "x")
+    # a second store goes to its own marked block, and the header names that store
+    doc.write_text(text + "<!-- short:begin -->\n<!-- short:end -->\n")
+    assert render.main(["--root", str(store.root), "--doc", str(doc), "--marker", "short"]) == 0
+    text = doc.read_text()
+    assert text.count("0.020 [0.010, 0.030]") == 2
+    assert f"--root {store.root} --marker short" in text
 
 
 def _write_lhc_files(directory: Path, n: int = 240, n_test: int = 40) -> None:
