@@ -163,3 +163,15 @@ def test_train_and_evaluate_blobs_without_inception_weights(tmp_path, monkeypatc
     assert metrics["fid_offline"] > metrics["fid_offline_reference"] >= 0.0  # untrained model
     for name in ("samples.png", "reconstructions.png", "latent_traversal.png"):
         assert (run / "plots" / name).stat().st_size > 0
+
+
+def test_blobs64_config_builds_the_gan2d_shaped_model():
+    config = load_config("blobs64_mf_alternating").validate()
+    assert config.data.options() == {"n": 2, "size": 64}
+    dataset = get_dataset(config.data)
+    assert dataset.data_dim == (3, 64, 64)
+    model = build_model(config, dataset)
+    assert model.latent_dim == 2 and model.kind == "mflow"
+    x = torch.as_tensor(dataset.load("test", n=2, seed=0).x, dtype=torch.float32)
+    with torch.no_grad():
+        assert model.project(x).shape == x.shape
