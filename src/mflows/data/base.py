@@ -14,6 +14,8 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
+from mflows.errors import InvalidArgumentError
+
 __all__ = [
     "SPLITS",
     "Batch",
@@ -208,10 +210,20 @@ class SimulatedDataset(Dataset):
     split_sizes: ClassVar[dict[str, int]] = {"train": 100_000, "val": 10_000, "test": 10_000}
 
     def load(self, split: str, n: int | None = None, seed: int = 0) -> Batch:
+        n, theta, rng = self._split_draw(split, n, seed)
+        x = self.sample(n, theta=theta, seed=rng)
+        return Batch(_as_float32(x), _as_float32(theta), None)
+
+    def _split_draw(
+        self, split: str, n: int | None, seed: int
+    ) -> tuple[int, np.ndarray | None, np.random.Generator]:
+        """The size, parameters and random stream of ``split``: test points at the default
+        theta, training and validation points at prior draws; the stream continues with the
+        points themselves."""
         self._check_split(split)
         n = self.split_sizes[split] if n is None else int(n)
         if n < 0:
-            raise ValueError(f"{self.name}: expected n >= 0, got {n}")
+            raise InvalidArgumentError(f"{self.name}: expected n >= 0, got {n}")
         rng = split_rng(seed, split)
         theta = None
         if self.parameter_dim:
@@ -219,8 +231,7 @@ class SimulatedDataset(Dataset):
                 theta = self._theta_rows(None, n)
             else:
                 theta = self.sample_prior(n, seed=rng)
-        x = self.sample(n, theta=theta, seed=rng)
-        return Batch(_as_float32(x), _as_float32(theta), None)
+        return n, theta, rng
 
 
 class FileBackedDataset(Dataset):

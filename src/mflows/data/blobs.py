@@ -274,14 +274,7 @@ class Blobs(SimulatedDataset):
         self, split: str, n: int | None = None, seed: int = 0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The stored form of ``split``: uint8 images, their latents and theta (or None)."""
-        self._check_split(split)
-        n = self.split_sizes[split] if n is None else int(n)
-        if n < 0:
-            raise InvalidArgumentError(f"blobs: expected n >= 0, got {n}")
-        rng = split_rng(seed, split)
-        theta = None
-        if self.parameter_dim:
-            theta = self._theta_rows(None, n) if split == "test" else self.sample_prior(n, rng)
+        n, theta, rng = self._split_draw(split, n, seed)
         z = self.sample_latent(n, theta, rng)
         return self.images_uint8(z), z, theta
 
