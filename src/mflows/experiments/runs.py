@@ -131,9 +131,7 @@ def train_run(
     config = with_data_checksums(config.validate())
     out = Path(out_dir)
     _check_out_dir(out, config, overwrite)
-    device = resolve_device(config.device)
-    dataset = get_dataset(config.data)
-    batch = load_split(dataset, "train", config.data.n_train, config.data.seed)
+    device, dataset, batch = _training_data(config)
     if config.training.scandal is not None and batch.scores is None:
         raise ConfigError(
             f"training.scandal needs joint scores, which data set {dataset.name} does not provide"
@@ -185,10 +183,7 @@ def train_run(
         elapsed = time.perf_counter() - start
 
         R.write_history(history, out / R.HISTORY_FILE)
-        from mflows.files import atomic_path
-
-        with atomic_path(out / R.MODEL_FILE) as tmp:
-            model.save(tmp)
+        _save_model(model, out)
         info = {
             "training_seconds": elapsed,
             "n_train": int(batch.x.shape[0]),
@@ -280,6 +275,20 @@ def _fit_with_progress(
         )
 
 
+def _training_data(config: RunConfig) -> tuple[str, Any, Any]:
+    """The device, data set and training split of ``config``."""
+    dataset = get_dataset(config.data)
+    batch = load_split(dataset, "train", config.data.n_train, config.data.seed)
+    return resolve_device(config.device), dataset, batch
+
+
+def _save_model(model, run_dir: Path) -> None:
+    from mflows.files import atomic_path
+
+    with atomic_path(run_dir / R.MODEL_FILE) as tmp:
+        model.save(tmp)
+
+
 def _fit_options(config: RunConfig) -> dict[str, Any]:
     from mflows.experiments.build import fit_options
 
@@ -304,8 +313,6 @@ def extend_run(
     Raises:
         RunError: for an unfinished or unreadable run, or ``epochs`` not above the epochs done.
     """
-    from mflows.files import atomic_path
-
     run_dir = Path(run_dir)
     config = _run_config(run_dir, (), None)
     done = config.training.epochs
@@ -314,9 +321,7 @@ def extend_run(
             f"{run_dir} was trained for {done} epochs; to extend it ask for more than {done} in all"
         )
     extra = epochs - done
-    device = resolve_device(config.device)
-    dataset = get_dataset(config.data)
-    batch = load_split(dataset, "train", config.data.n_train, config.data.seed)
+    device, _, batch = _training_data(config)
     model = _load_model(run_dir, config)
     model.train()
     previous = _read_history(run_dir / R.HISTORY_FILE)
@@ -348,8 +353,7 @@ def extend_run(
             if isinstance(record.get("epoch"), int | float):
                 record["epoch"] = int(record["epoch"]) + done
         R.write_history(previous + records, run_dir / R.HISTORY_FILE)
-        with atomic_path(run_dir / R.MODEL_FILE) as tmp:
-            model.save(tmp)
+        _save_model(model, run_dir)
         new_config = dataclasses.replace(
             config, training=dataclasses.replace(config.training, epochs=epochs)
         )
