@@ -51,6 +51,7 @@ __all__ = [
     "kid",
     "load_inception",
     "offline_scores",
+    "offline_scores_of_features",
 ]
 
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -509,9 +510,15 @@ def offline_scores(
     network = RandomConvFeatures(seed=seed)
     feats_a = compute_features(images_a, network, batch_size, "cpu")
     feats_b = compute_features(images_b, network, batch_size, "cpu")
-    mu_a, s_a = _statistics(feats_a)
-    mu_b, s_b = _statistics(feats_b)
+    return offline_scores_of_features(feats_a, feats_b)
+
+
+def offline_scores_of_features(features_a: Any, features_b: Any) -> dict[str, float]:
+    """:func:`offline_scores` of features already computed by :class:`RandomConvFeatures`
+    (to score several image sets against one without computing its features again)."""
+    mu_a, s_a = _statistics(features_a)
+    mu_b, s_b = _statistics(features_b)
     return {
         "fid_offline": frechet_distance(mu_a, s_a, mu_b, s_b),
-        "kid_offline": kid(feats_a, feats_b),
+        "kid_offline": kid(features_a, features_b),
     }

@@ -35,7 +35,7 @@ from scipy.special import logsumexp
 
 from mflows import registry
 from mflows.evaluation.mcmc import metropolis, slice_sample
-from mflows.evaluation.metrics import to_numpy
+from mflows.evaluation.metrics import model_dtype_device, to_numpy
 from mflows.evaluation.mmd import mmd
 
 __all__ = [
@@ -65,13 +65,6 @@ def torch_threads(num_threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _model_dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
-    params = list(model.parameters())
-    if not params:
-        return torch.get_default_dtype(), torch.device("cpu")
-    return params[0].dtype, params[0].device
 
 
 def _outer_is_conditional(model: Any) -> bool:
@@ -126,7 +119,7 @@ def model_log_likelihood_fn(
             f"got kind={getattr(model, 'kind', None)!r}, "
             f"conditional_outer={_outer_is_conditional(model)}"
         )
-    dtype, device = _model_dtype_device(model)
+    dtype, device = model_dtype_device(model)
     x = torch.as_tensor(to_numpy(x_obs), dtype=dtype, device=device)
     num = x.shape[0]
     if shortcut:

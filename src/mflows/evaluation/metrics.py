@@ -28,6 +28,7 @@ __all__ = [
     "manifold_distance",
     "manifold_distances",
     "mean_reconstruction_error",
+    "model_dtype_device",
     "ood_auc",
     "reconstruction_error",
     "reconstruction_errors",
@@ -42,6 +43,15 @@ def to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().to(torch.float64).numpy()
     return np.asarray(x, dtype=np.float64)
+
+
+def model_dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of a model's first parameter: where its inputs must go (the
+    default dtype on the CPU for a model without parameters)."""
+    params = list(model.parameters()) if hasattr(model, "parameters") else []
+    if not params:
+        return torch.get_default_dtype(), torch.device("cpu")
+    return params[0].dtype, params[0].device
 
 
 def manifold_distances(
@@ -281,9 +291,7 @@ def score_samples(
         reconstruction: Whether to compute projections and reconstruction errors.
     """
     x = torch.as_tensor(to_numpy(x))
-    params = list(model.parameters()) if hasattr(model, "parameters") else []
-    dtype = params[0].dtype if params else torch.float32
-    device = params[0].device if params else torch.device("cpu")
+    dtype, device = model_dtype_device(model)
     x = x.to(dtype=dtype, device=device)
     ctx = None
     if context is not None:

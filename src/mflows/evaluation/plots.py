@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mflows.evaluation.metrics import to_numpy
+from mflows.evaluation.metrics import model_dtype_device, to_numpy
 from mflows.files import atomic_path
 
 __all__ = [
@@ -302,8 +302,7 @@ def plot_learned_manifold(
     """
     import torch
 
-    params = list(model.parameters())
-    dtype = params[0].dtype if params else torch.float32
+    dtype, _ = model_dtype_device(model)
 
     def ctx(num: int):
         if context is None:
@@ -532,9 +531,7 @@ def plot_latent_traversal(
             row[:, i] = lines[i]
             rows.append(row)
         u = np.concatenate(rows)
-    params = list(model.parameters())
-    dtype = params[0].dtype if params else torch.float32
-    device = params[0].device if params else None
+    dtype, device = model_dtype_device(model)
     ctx = None
     if context is not None:
         ctx = torch.as_tensor(to_numpy(context), dtype=dtype, device=device)

@@ -82,8 +82,9 @@ def draw_samples(
     """``num`` samples of ``model`` (context ``(p,)`` shared by all) in batches, NumPy."""
     import torch
 
-    params = list(model.parameters()) if hasattr(model, "parameters") else []
-    device = params[0].device if params else None
+    from mflows.evaluation.metrics import model_dtype_device
+
+    _, device = model_dtype_device(model)
     chunks = []
     with torch.no_grad():
         for start in range(0, num, batch_size):
@@ -230,15 +231,23 @@ def _fid_applies(dataset: Any, opts: ScoreOptions) -> bool:
 def _offline_fid(dataset: Any, samples: Any, test_x: Any, context: Any, seed: int) -> dict:
     """FID / KID on fixed random conv features (``fid_offline``, ``kid_offline``) of the finite
     samples against the test images; ``*_reference``: the same for as many true images."""
-    from mflows.evaluation.fid import offline_scores
+    from mflows.evaluation.fid import (
+        RandomConvFeatures,
+        compute_features,
+        offline_scores_of_features,
+    )
 
     finite = samples[np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)]
     if len(finite) < 2:
         return {}
     reference = dataset.sample(len(samples), theta=context, seed=seed + 2)
+    network = RandomConvFeatures()
+    test, generated, true = (
+        compute_features(images, network, 250, "cpu") for images in (test_x, finite, reference)
+    )
     return {
-        **offline_scores(finite, test_x),
-        **{f"{k}_reference": v for k, v in offline_scores(reference, test_x).items()},
+        **offline_scores_of_features(generated, test),
+        **{f"{k}_reference": v for k, v in offline_scores_of_features(true, test).items()},
     }
 
 

@@ -663,10 +663,9 @@ def _image_manifold_plots(model, test: np.ndarray, context, plots_dir: Path) -> 
     import torch
 
     from mflows.evaluation import plots as P
+    from mflows.evaluation.metrics import model_dtype_device
 
-    params = list(model.parameters())
-    dtype = params[0].dtype if params else torch.float32
-    device = params[0].device if params else None
+    dtype, device = model_dtype_device(model)
     x = torch.as_tensor(test[:200], dtype=dtype, device=device)
     ctx = None
     if context is not None:
