@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mflows
-from mflows.embeddings import StereographicChart
+from mflows.embeddings import SphereChart, StereographicChart
 from mflows.errors import InvalidArgumentError
 
 
@@ -101,3 +101,41 @@ def test_fit_centres_the_chart_and_save_keeps_it(tmp_path) -> None:
     before = model.chart.rotation.clone()
     mflows.fit(model, x[::-1].copy(), epochs=1, batch_size=100, progress=False)
     torch.testing.assert_close(model.chart.rotation, before)  # set once, never moved by fit
+
+
+def test_probit_sphere_chart_closed_form() -> None:
+    """phi = range * Phi(u): decode/encode invert each other and the FOM log density matches
+    the change of variables by hand (normal base, dphi/du = range * N(u), the area element)."""
+    n, d = 3, 5
+    chart = SphereChart(n, d, unbounded=True, squash="normal").double()
+    u = torch.randn(7, n, dtype=torch.float64) * 1.5
+    scale = torch.tensor([math.pi, math.pi, 2 * math.pi], dtype=torch.float64)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    phi = scale * normal.cdf(u)
+    torch.testing.assert_close(chart.decode(u), SphereChart(n, d).double().decode(phi))
+    torch.testing.assert_close(chart.encode(chart.decode(u)), u)
+    model = mflows.make_model("fom", d, n, chart="sphere-probit", inner_layers=0).double()
+    assert model.chart.squash == "normal"
+    area = sum((n - i) * torch.log(torch.sin(phi[:, i - 1])) for i in range(1, n))
+    # with the identity inner flow, N(u) / (range * N(u)) = 1 / range: uniform angles
+    expected = -torch.log(scale).sum() - area
+    with torch.no_grad():
+        got = model.log_prob(chart.decode(u))
+    torch.testing.assert_close(got, expected.expand(7), rtol=1e-5, atol=1e-6)
+
+
+def test_probit_fom_density_integrates_to_one() -> None:
+    torch.manual_seed(1)
+    model = mflows.make_model("fom", 3, 2, chart="sphere-probit", seed=3).double()
+    with torch.no_grad():  # a non-trivial inner flow
+        for p in model.inner.parameters():
+            p.add_(0.03 * torch.randn_like(p))
+    m = 400  # midpoint rule in (polar, azimuth)
+    polar = (torch.arange(m, dtype=torch.float64) + 0.5) * math.pi / m
+    azimuth = (torch.arange(2 * m, dtype=torch.float64) + 0.5) * math.pi / m
+    a, b = torch.meshgrid(polar, azimuth, indexing="ij")
+    x = torch.stack([a.cos(), a.sin() * b.cos(), a.sin() * b.sin()], -1).reshape(-1, 3)
+    with torch.no_grad():
+        density = model.log_prob(x).exp().reshape(m, 2 * m)
+    total = float((density * a.sin()).sum()) * (math.pi / m) ** 2
+    assert abs(total - 1.0) < 2e-3, total

@@ -202,3 +202,13 @@ def test_learned_manifold_plot_of_a_model_without_density(tmp_path):
     assert not model.exact_density
     path = plot_learned_manifold(model, tmp_path / "pae.png", resolution=8)
     assert path.is_file() and path.stat().st_size > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_learned_manifold_plot_of_a_gpu_model(tmp_path):
+    import mflows
+
+    model = mflows.make_model("mflow", 3, 2, outer_layers=2, inner_layers=1, seed=0).to("cuda")
+    path = plot_learned_manifold(model, tmp_path / "gpu.png", resolution=8)
+    assert path.exists() and path.stat().st_size > 0

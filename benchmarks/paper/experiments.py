@@ -113,13 +113,17 @@ def _sphere_models(prefix: str, fom: bool = True) -> tuple[ModelSpec, ...]:
         ("af", "AF", f"{prefix}_af"),
         ("fom", "FOM (exact sphere chart)", f"{prefix}_fom"),
         ("fom_stereo", "FOM (stereographic chart)", f"{prefix}_fom"),
+        ("fom_probit", "FOM (probit-angle chart)", f"{prefix}_fom"),
         ("pie", "PIE", f"{prefix}_pie"),
         ("mflow_alt", "M-flow alternating", f"{prefix}_mf_alternating"),
         ("mflow_seq", "M-flow sequential", f"{prefix}_mf_sequential"),
         ("emflow_alt", "M_e-flow alternating", f"{prefix}_emf_alternating"),
         ("emflow_seq", "M_e-flow sequential", f"{prefix}_emf_sequential"),
     ]
-    overrides = {"fom_stereo": ("model.chart=sphere-stereographic",)}
+    overrides = {
+        "fom_stereo": ("model.chart=sphere-stereographic",),
+        "fom_probit": ("model.chart=sphere-probit",),
+    }
     return tuple(
         ModelSpec(n, lab, cfg, overrides.get(n, ()))
         for n, lab, cfg in rows

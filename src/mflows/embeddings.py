@@ -60,25 +60,41 @@ class SphereChart(nn.Module):
     latent mass that the inner flow puts outside [0, pi]^(n-1) x [0, 2 pi) is lost: the density
     on the sphere is then normalised only once training has pushed all mass into that domain.
 
+    With ``squash="normal"`` (``chart="sphere-probit"``) the angles are instead
+    phi_i = pi Phi(u_i) and phi_n = 2 pi Phi(u_n), Phi the standard normal CDF. The difference
+    is in the tails: a density on the angles that stays positive at the ends of their domain
+    (the poles, where a polar angle is 0 or pi, and both sides of the azimuth's wrap) is, in
+    logit coordinates, a density with exponential tails, which a flow with a Gaussian base and
+    linear spline tails cannot produce; in probit coordinates it is a bounded multiple of the
+    standard normal density (the uniform density on the angles is exactly N(0, I)).
+
     Args:
         latent_dim: n >= 1.
         data_dim: d >= n + 1.
-        unbounded: use the logit-angle coordinates described above (``make_model("fom")`` with
+        unbounded: use the unbounded coordinates described above (``make_model("fom")`` with
             ``chart="sphere"`` does); ``False`` keeps raw angles (``chart="sphere-angles"``).
+        squash: the map from R onto the angle ranges when ``unbounded``: ``"logistic"``
+            (``chart="sphere"``) or ``"normal"`` (``chart="sphere-probit"``).
     """
 
-    #: clamp of sigmoid(u) in encode, so poles and the azimuth seam map to finite u.
+    #: clamp of the squashed coordinate phi / range in encode, so poles and the azimuth seam
+    #: map to finite u.
     EPS = 1e-7
 
-    def __init__(self, latent_dim: int, data_dim: int, unbounded: bool = False):
+    def __init__(
+        self, latent_dim: int, data_dim: int, unbounded: bool = False, squash: str = "logistic"
+    ):
         super().__init__()
         if latent_dim < 1 or data_dim < latent_dim + 1:
             raise InvalidArgumentError(
                 f"SphereChart needs 1 <= latent_dim < data_dim, got n={latent_dim}, d={data_dim}"
             )
+        if squash not in ("logistic", "normal"):
+            raise InvalidArgumentError(f"squash must be 'logistic' or 'normal', got {squash!r}")
         self.latent_dim = int(latent_dim)
         self.data_dim = int(data_dim)
         self.unbounded = bool(unbounded)
+        self.squash = squash
         scale = torch.full((self.latent_dim,), math.pi, dtype=torch.float64)
         scale[-1] = 2 * math.pi
         self.register_buffer("scale", scale.to(torch.get_default_dtype()), persistent=False)
@@ -86,7 +102,8 @@ class SphereChart(nn.Module):
     def decode(self, u: Tensor) -> Tensor:
         """Coordinates ``(B, n)`` (angles, or logit angles if unbounded) -> sphere ``(B, d)``."""
         if self.unbounded:
-            u = self.scale.to(u.dtype) * torch.sigmoid(u)
+            unit = torch.sigmoid(u) if self.squash == "logistic" else torch.special.ndtr(u)
+            u = self.scale.to(u.dtype) * unit
         sin_prods = torch.cumprod(torch.cat([torch.ones_like(u[..., :1]), torch.sin(u)], -1), -1)
         cos_terms = torch.cat([torch.cos(u), torch.ones_like(u[..., :1])], -1)
         return pad(sin_prods * cos_terms, self.data_dim)
@@ -107,10 +124,16 @@ class SphereChart(nn.Module):
         phi = torch.cat([angles, last.unsqueeze(-1)], -1)
         if not self.unbounded:
             return phi
-        return torch.logit(phi / self.scale.to(phi.dtype), eps=self.EPS)
+        unit = phi / self.scale.to(phi.dtype)
+        if self.squash == "logistic":
+            return torch.logit(unit, eps=self.EPS)
+        return torch.special.ndtri(unit.clamp(self.EPS, 1 - self.EPS))
 
     def extra_repr(self) -> str:
-        return f"latent_dim={self.latent_dim}, data_dim={self.data_dim}, unbounded={self.unbounded}"
+        return (
+            f"latent_dim={self.latent_dim}, data_dim={self.data_dim}, "
+            f"unbounded={self.unbounded}, squash={self.squash}"
+        )
 
 
 class StereographicChart(nn.Module):

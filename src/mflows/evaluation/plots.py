@@ -302,20 +302,23 @@ def plot_learned_manifold(
     """
     import torch
 
-    dtype, _ = model_dtype_device(model)
+    dtype, device = model_dtype_device(model)
+
+    def tensor(a: Any):
+        return torch.as_tensor(to_numpy(a), dtype=dtype, device=device)
 
     def ctx(num: int):
         if context is None:
             return None
-        return torch.as_tensor(to_numpy(context), dtype=dtype).reshape(1, -1).expand(num, -1)
+        return tensor(context).reshape(1, -1).expand(num, -1)
 
     def decode(u: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return to_numpy(model.decode(torch.as_tensor(u, dtype=dtype), context=ctx(len(u))))
+            return to_numpy(model.decode(tensor(u), context=ctx(len(u))))
 
     def log_prob(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            t = torch.as_tensor(x, dtype=dtype)
+            t = tensor(x)
             return to_numpy(model.log_prob(t, context=ctx(len(x))))
 
     if bounds is None:

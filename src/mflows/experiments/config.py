@@ -197,9 +197,10 @@ class ModelConfig:
         decoder_hidden_features: hidden units of the PAE decoder (``--decoderhidden``).
         levels: levels of the multi-scale image flow (``--levels``).
         steps_per_level: coupling steps per level of the image flow.
-        chart: prescribed chart of a FOM (``sphere``: logit angles, a normalised density;
-            ``sphere-angles``: raw angles as in the paper); None picks ``sphere`` for the
-            spherical data sets.
+        chart: prescribed chart of a FOM (``sphere-probit``: probit angles; ``sphere``: logit
+            angles; ``sphere-stereographic``; ``sphere-angles``: raw angles as in the paper);
+            None picks the default of ``make_model`` (``sphere-probit``) for the spherical data
+            sets.
         preprocessing: images: pixel preprocessing layer, ``scale``, ``logit`` or ``none``.
         image_linear_layers: images (pie, mflow, emflow): invertible linear layers across
             scales before the projection to u (0: none).

@@ -39,7 +39,9 @@ image_linear_channels      2           that subset: the first 2^l times this man
 image_encoder              "conv"      emflow / pae images: ``"conv"`` (convolutional
                                        encoder, and decoder for pae) or ``"mlp"`` (residual
                                        MLPs on the flattened raw pixels)
-chart                      "sphere"    fom: ``"sphere"`` (logit angles, normalised density),
+chart                      see right   fom: ``"sphere-probit"`` (the default: probit angles,
+                                       normalised density, positive at the poles and the
+                                       azimuth's wrap), ``"sphere"`` (logit angles),
                                        ``"sphere-angles"`` (raw angles, as the paper),
                                        ``"sphere-stereographic"`` (no seam; centre set by
                                        ``mflows.fit`` from the data) or a chart
@@ -106,7 +108,11 @@ _LEGACY_IMAGE = {"preprocessing": "none", "image_linear_layers": 0, "image_encod
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "af": {**_FLOW, **_OUTER, **_PIXELS, "outer_layers": 10},
-    "fom": {**{k: v for k, v in _FLOW.items() if k != "standardize"}, **_INNER, "chart": "sphere"},
+    "fom": {
+        **{k: v for k, v in _FLOW.items() if k != "standardize"},
+        **_INNER,
+        "chart": "sphere-probit",
+    },
     # the outer flow of the manifold models needs LU layers to rotate its manifold (and fit's
     # data-aware initialisation starts it at the PCA plane through the first of them).
     "pie": {
@@ -445,7 +451,7 @@ def make_model(
     if kind == "fom":
         if image:
             raise InvalidArgumentError("fom needs vector data (data_dim an int)")
-        if chart in ("sphere", "sphere-angles", "sphere-stereographic"):
+        if chart in ("sphere", "sphere-probit", "sphere-angles", "sphere-stereographic"):
             from mflows.embeddings import SphereChart, StereographicChart
 
             if data_size < latent_dim + 1:
@@ -456,10 +462,13 @@ def make_model(
             if chart == "sphere-stereographic":
                 chart = StereographicChart(latent_dim, data_size)
             else:
-                chart = SphereChart(latent_dim, data_size, unbounded=chart == "sphere")
+                squash = "normal" if chart == "sphere-probit" else "logistic"
+                chart = SphereChart(
+                    latent_dim, data_size, unbounded=chart != "sphere-angles", squash=squash
+                )
         elif isinstance(chart, str):
             raise InvalidArgumentError(
-                f"unknown chart {chart!r}; use 'sphere', 'sphere-angles', "
+                f"unknown chart {chart!r}; use 'sphere', 'sphere-probit', 'sphere-angles', "
                 "'sphere-stereographic' or pass a chart object"
             )
         else:
