@@ -9,6 +9,7 @@ import torch
 
 from mflows.compile import CompileFallbackWarning, compile_function, compile_losses
 from mflows.models import make_model
+from mflows.transforms.linear import LULinear
 
 TINY = dict(outer_layers=1, inner_layers=1, hidden_features=8, num_blocks=1, num_bins=4)
 
@@ -81,7 +82,12 @@ def test_genuine_errors_propagate_without_warning():
 
 @pytest.mark.parametrize(
     "kind, weights",
-    [("mflow", {"mse": 1.0}), ("mflow", {"latent_nll": 1.0}), ("af", {"nll": 1.0})],
+    [
+        ("mflow", {"mse": 1.0}),
+        ("mflow", {"latent_nll": 1.0}),
+        ("af", {"nll": 1.0}),
+        ("mflow-lu", {"mse": 1.0}),  # LU layers: the triangular solves of the decoder
+    ],
 )
 def test_training_losses_compile_to_one_graph(kind, weights):
     # the input and output checks of the models are data-dependent branches; under compilation
@@ -90,8 +96,12 @@ def test_training_losses_compile_to_one_graph(kind, weights):
     from mflows.training.trainer import compute_losses
 
     torch._dynamo.reset()
-    tiny = TINY if kind == "mflow" else {k: v for k, v in TINY.items() if k != "inner_layers"}
+    tiny = dict(TINY) if kind != "af" else {k: v for k, v in TINY.items() if k != "inner_layers"}
+    if kind == "mflow-lu":
+        kind, tiny["linear"], tiny["outer_layers"] = "mflow", "lu", 2
     model = make_model(kind, 3, 2 if kind == "mflow" else None, context_dim=1, seed=0, **tiny)
+    if tiny.get("linear") == "lu":
+        assert any(isinstance(m, LULinear) for m in model.modules())
     x, c = torch.randn(16, 3), torch.randn(16, 1)
     explanation = torch._dynamo.explain(compute_losses)(model, x, c, None, weights, {})
     assert explanation.graph_break_count == 0, explanation.break_reasons
