@@ -19,6 +19,7 @@ Usage::
     python benchmarks/image_logprob.py --rounds 1 --no-write # quicker look
     python benchmarks/image_logprob.py --device cuda --threads 4 --no-write
     python benchmarks/image_logprob.py --jacobian-chunk 32   # smaller blocks (this tree only)
+    python benchmarks/image_logprob.py --baseline d989b36 --marker image_logprob_lu
 
 About 10 minutes with the defaults (3 rounds, 2 images at n = 64, 1 at n = 512) on a loaded
 2-core machine, less on an idle one.
@@ -193,7 +194,7 @@ def _write_doc(table: str, args: argparse.Namespace) -> None:
         f"{args.threads} thread(s), {args.rounds} rounds, baseline {args.baseline}:"
     )
     try:
-        text = replace_marked_block(DOC.read_text(), MARKER, f"{note}\n\n{table}")
+        text = replace_marked_block(DOC.read_text(), args.marker, f"{note}\n\n{table}")
     except ValueError as error:
         raise SystemExit(f"{DOC}: {error}") from None
     DOC.write_text(text)
@@ -211,6 +212,9 @@ def main() -> None:
         "--jacobian-chunk", type=int, default=None, help="columns per block (this tree only)"
     )
     parser.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
+    parser.add_argument(
+        "--marker", default=MARKER, help="the docs block to write (<!-- MARKER:begin -->)"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=64, help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, default=1, help=argparse.SUPPRESS)

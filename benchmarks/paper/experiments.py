@@ -111,7 +111,7 @@ def _power_models() -> tuple[ModelSpec, ...]:
 def _sphere_models(prefix: str, fom: bool = True) -> tuple[ModelSpec, ...]:
     rows = [
         ("af", "AF", f"{prefix}_af"),
-        ("fom", "FOM (exact sphere chart)", f"{prefix}_fom"),
+        ("fom", "FOM (logit-angle chart)", f"{prefix}_fom"),
         ("fom_stereo", "FOM (stereographic chart)", f"{prefix}_fom"),
         ("fom_probit", "FOM (probit-angle chart)", f"{prefix}_fom"),
         ("pie", "PIE", f"{prefix}_pie"),
