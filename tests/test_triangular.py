@@ -6,9 +6,16 @@ import pytest
 import torch
 from torch.func import jacfwd, jacrev, jvp, vmap
 
+from mflows.transforms import triangular
 from mflows.transforms.triangular import solve_rows
 
 F64 = {"dtype": torch.float64}
+
+
+@pytest.fixture(autouse=True)
+def own_rules_for_every_size(monkeypatch):
+    """The tests use small matrices; make them take the custom rules (FOLD_MIN_SIZE = 1)."""
+    monkeypatch.setattr(triangular, "FOLD_MIN_SIZE", 1)
 
 
 def _reference(a, b, upper, unit):
@@ -74,3 +81,36 @@ def test_compiles_to_the_same_values_and_gradients():
     torch.testing.assert_close(value, loss(a, b))
     for got, want in zip(torch.autograd.grad(value, (a, b)), expected):
         torch.testing.assert_close(got, want)
+
+
+def test_small_matrices_take_torchs_rules_with_the_same_result(monkeypatch):
+    calls = []
+    original = triangular._SolveRows.apply
+    monkeypatch.setattr(triangular._SolveRows, "apply", lambda *a: calls.append(1) or original(*a))
+    a, b = _matrix(6, 4), torch.randn(3, 6, **F64)
+    custom = solve_rows(a, b, True)
+    assert len(calls) == 1
+    monkeypatch.setattr(triangular, "FOLD_MIN_SIZE", 7)
+    torch.testing.assert_close(solve_rows(a, b, True), custom)
+    assert len(calls) == 1
+
+
+def test_lu_layer_at_the_fold_size_inverts_and_has_the_autograd_jacobian(monkeypatch):
+    from mflows.transforms.linear import LULinear
+
+    monkeypatch.undo()  # the real threshold: this layer is wide enough for the own rules
+    d = triangular.FOLD_MIN_SIZE + 2
+    layer = LULinear(d).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(3, d, **F64)
+    y, logdet = layer(x)
+    back, inv_logdet = layer.inverse(y)
+    torch.testing.assert_close(back, x)
+    torch.testing.assert_close(inv_logdet, -logdet)
+    # forward-mode Jacobian of the inverse (the decoder's direction) against reverse mode
+    fwd = jacfwd(lambda v: layer.inverse(v)[0])(y[:1])
+    rev = torch.autograd.functional.jacobian(lambda v: layer.inverse(v)[0], y[:1])
+    torch.testing.assert_close(fwd, rev)
+    torch.testing.assert_close(fwd.reshape(d, d), torch.linalg.inv(layer.weight()))
