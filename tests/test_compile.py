@@ -106,3 +106,21 @@ def test_training_losses_compile_to_one_graph(kind, weights):
     explanation = torch._dynamo.explain(compute_losses)(model, x, c, None, weights, {})
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_more_variants_than_torchs_limit_stay_compiled():
+    # torch compiles at most 8 variants of a function and then runs it eagerly; a process that
+    # trains many models hits that (one variant per model, phase, batch size and mode)
+    from torch._dynamo.utils import counters
+
+    def scale(x):
+        return x * 2.0 + 1.0
+
+    torch._dynamo.reset()
+    counters.clear()
+    fn = compile_function(scale, dynamic=False)
+    for size in range(1, 13):  # 12 static shapes: 12 variants
+        torch.testing.assert_close(fn(torch.ones(size)), torch.full((size,), 3.0))
+    assert fn.compiled is True
+    assert counters["stats"]["unique_graphs"] == 12
+    assert torch._dynamo.config.recompile_limit == 8  # the global setting is left alone

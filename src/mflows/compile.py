@@ -25,6 +25,10 @@ __all__ = ["CompileFallbackWarning", "compile_function", "compile_losses"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: Compiled variants kept per compiled function (torch's default is 8); see _recompile_limit.
+RECOMPILE_LIMIT = 64
+
+
 class CompileFallbackWarning(RuntimeWarning):
     """``torch.compile`` failed on a function; mflows runs it uncompiled instead."""
 
@@ -54,7 +58,8 @@ def compile_function(fn: F, *, name: str | None = None, **options: Any) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if wrapper.compiled is not False and compiled is not None:
             try:
-                out = compiled(*args, **kwargs)
+                with _recompile_limit(RECOMPILE_LIMIT):
+                    out = compiled(*args, **kwargs)
             except Exception as error:
                 try:
                     out = fn(*args, **kwargs)
@@ -72,6 +77,20 @@ def compile_function(fn: F, *, name: str | None = None, **options: Any) -> F:
 
     wrapper.compiled = None  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+def _recompile_limit(limit: int):
+    """Raises torch's per-function limit of compiled variants for the duration of a call.
+
+    torch keeps at most ``recompile_limit`` (8) graphs per Python function and runs it
+    uncompiled from then on, with one log line. The training losses are one function for every
+    model, phase, batch size and train/eval mode that a process trains, so a process that fits
+    several models (a sweep, the paper runner, sbi rounds) reached the limit after about five
+    models and trained the rest eagerly, twice as slow.
+    """
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    return config.patch({name: max(limit, getattr(config, name))})
 
 
 def _fallback(label: str, error: Exception) -> None:
