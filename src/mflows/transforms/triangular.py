@@ -40,11 +40,16 @@ def _solve(a: Tensor, b: Tensor, upper: bool, unitriangular: bool) -> Tensor:
     )
 
 
+def _solve_flat(a: Tensor, b: Tensor, upper: bool, unitriangular: bool) -> Tensor:
+    """``b a^-T`` by torch's solver for one ``(d, d)`` matrix and rows ``b`` of any shape
+    ``(*, d)`` (flattened to one block of right-hand sides)."""
+    return _solve(a, b.reshape(-1, b.shape[-1]), upper, unitriangular).reshape(b.shape)
+
+
 class _SolveRows(torch.autograd.Function):
     @staticmethod
     def forward(a: Tensor, b: Tensor, upper: bool, unitriangular: bool) -> Tensor:
-        rows = b.reshape(-1, b.shape[-1])
-        return _solve(a, rows, upper, unitriangular).reshape(b.shape)
+        return _solve_flat(a, b, upper, unitriangular)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -82,12 +87,8 @@ class _SolveRows(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, a: Tensor, b: Tensor, upper: bool, unitriangular: bool):
         a_dim, b_dim = in_dims[0], in_dims[1]
-        if a_dim is None:
-            # one matrix for the whole batch: fold the batch into the rows of b
-            if b_dim is None:  # pragma: no cover - vmap always batches an input
-                return solve_rows(a, b, upper, unitriangular), None
-            b = b.movedim(b_dim, 0)
-            return solve_rows(a, b, upper, unitriangular), 0
+        if a_dim is None:  # then b is batched: fold the batch into its rows, one solve
+            return solve_rows(a, b.movedim(b_dim, 0), upper, unitriangular), 0
         a = a.movedim(a_dim, 0)
         size = a.shape[0]
         if b_dim is None:
@@ -118,6 +119,5 @@ def solve_rows(a: Tensor, b: Tensor, upper: bool, unitriangular: bool = False) -
         # small matrices: torch's copies are cheap and its rules run in C++ (the Python rules
         # above cost ~1 ms more per pair of solves at d = 40); torch.compile does not trace
         # custom jvp rules, and the batching problem is one of torch.func's eager vmap
-        rows = b.reshape(-1, b.shape[-1])
-        return _solve(a, rows, upper, unitriangular).reshape(b.shape)
+        return _solve_flat(a, b, upper, unitriangular)
     return _SolveRows.apply(a, b, upper, unitriangular)
