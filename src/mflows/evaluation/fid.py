@@ -50,6 +50,7 @@ __all__ = [
     "frechet_distance",
     "kid",
     "load_inception",
+    "offline_features",
     "offline_scores",
     "offline_scores_of_features",
 ]
@@ -507,14 +508,19 @@ def offline_scores(
     Returns:
         ``{"fid_offline": ..., "kid_offline": ...}``.
     """
+    features = offline_features(images_a, images_b, seed=seed, batch_size=batch_size)
+    return offline_scores_of_features(*features)
+
+
+def offline_features(*image_sets: Any, seed: int = 0, batch_size: int = 250) -> list[np.ndarray]:
+    """The :class:`RandomConvFeatures` features (network seed ``seed``) of each image set, on
+    the CPU, in the order given (for :func:`offline_scores_of_features`)."""
     network = RandomConvFeatures(seed=seed)
-    feats_a = compute_features(images_a, network, batch_size, "cpu")
-    feats_b = compute_features(images_b, network, batch_size, "cpu")
-    return offline_scores_of_features(feats_a, feats_b)
+    return [compute_features(images, network, batch_size, "cpu") for images in image_sets]
 
 
 def offline_scores_of_features(features_a: Any, features_b: Any) -> dict[str, float]:
-    """:func:`offline_scores` of features already computed by :class:`RandomConvFeatures`
+    """:func:`offline_scores` of features already computed by :func:`offline_features`
     (to score several image sets against one without computing its features again)."""
     mu_a, s_a = _statistics(features_a)
     mu_b, s_b = _statistics(features_b)

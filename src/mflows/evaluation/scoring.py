@@ -231,20 +231,13 @@ def _fid_applies(dataset: Any, opts: ScoreOptions) -> bool:
 def _offline_fid(dataset: Any, samples: Any, test_x: Any, context: Any, seed: int) -> dict:
     """FID / KID on fixed random conv features (``fid_offline``, ``kid_offline``) of the finite
     samples against the test images; ``*_reference``: the same for as many true images."""
-    from mflows.evaluation.fid import (
-        RandomConvFeatures,
-        compute_features,
-        offline_scores_of_features,
-    )
+    from mflows.evaluation.fid import offline_features, offline_scores_of_features
 
     finite = samples[np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)]
     if len(finite) < 2:
         return {}
     reference = dataset.sample(len(samples), theta=context, seed=seed + 2)
-    network = RandomConvFeatures()
-    test, generated, true = (
-        compute_features(images, network, 250, "cpu") for images in (test_x, finite, reference)
-    )
+    test, generated, true = offline_features(test_x, finite, reference)
     return {
         **offline_scores_of_features(generated, test),
         **{f"{k}_reference": v for k, v in offline_scores_of_features(true, test).items()},
