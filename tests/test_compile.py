@@ -124,3 +124,25 @@ def test_more_variants_than_torchs_limit_stay_compiled():
     assert fn.compiled is True
     assert counters["stats"]["unique_graphs"] == 12
     assert torch._dynamo.config.recompile_limit == 8  # the global setting is left alone
+
+
+@pytest.mark.parametrize(
+    ("compile", "expected"), [(True, {"cpp_wrapper": True}), ("aot_eager", None)]
+)
+def test_trainer_asks_inductor_for_its_cpp_wrapper_on_cpu(monkeypatch, compile, expected):
+    """On the CPU, fit(compile=True) compiles with inductor's C++ wrapper (docs/benchmarks.md);
+    another backend gets no inductor options."""
+    from mflows.training import trainer as trainer_module
+    from mflows.training.phases import schedule_for
+
+    seen = {}
+
+    def spy(fn, **options):
+        seen.update(options)
+        return fn
+
+    monkeypatch.setattr(trainer_module, "compile_losses", spy)
+    model = make_model("mflow", 3, 2, seed=0, **TINY)
+    trainer_module.Trainer(model, schedule_for("alternating", model, epochs=1), compile=compile)
+    assert seen.get("options") == expected
+    assert seen.get("backend", "inductor") == ("inductor" if compile is True else compile)
