@@ -146,3 +146,25 @@ def test_trainer_asks_inductor_for_its_cpp_wrapper_on_cpu(monkeypatch, compile, 
     trainer_module.Trainer(model, schedule_for("alternating", model, epochs=1), compile=compile)
     assert seen.get("options") == expected
     assert seen.get("backend", "inductor") == ("inductor" if compile is True else compile)
+
+
+def test_inductor_notes_on_ops_without_c_entry_points_are_silenced(caplog):
+    """With inductor's C++ wrapper, ops without a C entry point (the LU layers' triangular
+    solve) log one warning per call site; compiled calls drop exactly those notes."""
+    import logging
+
+    logger = logging.getLogger("torch._inductor.ir")
+
+    def noisy(x):
+        logger.warning("%s is missing a c-shim implementation, using proxy executor", "op")
+        logger.warning("another warning")
+        return x + 1
+
+    fn = compile_function(noisy, backend="eager")
+    with caplog.at_level(logging.WARNING, logger="torch._inductor.ir"):
+        fn(torch.zeros(2))
+    messages = [r.getMessage() for r in caplog.records]
+    assert "another warning" in messages
+    assert not any("c-shim" in m for m in messages)
+    logger.warning("%s is missing a c-shim implementation", "op")  # outside: not filtered
+    assert any("c-shim" in r.getMessage() for r in caplog.records)
