@@ -168,3 +168,27 @@ def test_inductor_notes_on_ops_without_c_entry_points_are_silenced(caplog):
     assert not any("c-shim" in m for m in messages)
     logger.warning("%s is missing a c-shim implementation", "op")  # outside: not filtered
     assert any("c-shim" in r.getMessage() for r in caplog.records)
+
+
+def test_eager_calls_between_compiled_steps_cause_no_recompilation():
+    # the transforms keep small caches of constants for eager calls; a compiled graph that read
+    # them would be compiled again once an eager call (a validation pass) had filled them
+    from torch._dynamo.utils import counters
+
+    from mflows.training.trainer import compute_losses
+    from mflows.transforms import splines
+    from mflows.transforms.constants import _CACHE
+
+    torch._dynamo.reset()
+    counters.clear()
+    splines._PAIRS.clear()
+    _CACHE.clear()
+    model = make_model("mflow", 3, 2, context_dim=1, seed=0, **TINY)
+    x, c = torch.randn(16, 3), torch.randn(16, 1)
+    fn = compile_losses(compute_losses, backend="eager")
+    fn(model, x, c, None, {"mse": 1.0}, {})
+    compute_losses(model, x, c, None, {"mse": 1.0}, {})  # eager: fills the caches
+    assert splines._PAIRS
+    fn(model, x, c, None, {"mse": 1.0}, {})
+    assert fn.compiled is True
+    assert counters["stats"]["unique_graphs"] == 1
