@@ -127,11 +127,14 @@ def test_more_variants_than_torchs_limit_stay_compiled():
 
 
 @pytest.mark.parametrize(
-    ("compile", "expected"), [(True, {"cpp_wrapper": True}), ("aot_eager", None)]
+    ("compile", "layers", "expected"),
+    [(True, 1, {"cpp_wrapper": True}), (True, 20, None), ("aot_eager", 1, None)],
 )
-def test_trainer_asks_inductor_for_its_cpp_wrapper_on_cpu(monkeypatch, compile, expected):
-    """On the CPU, fit(compile=True) compiles with inductor's C++ wrapper (docs/benchmarks.md);
-    another backend gets no inductor options."""
+def test_trainer_asks_inductor_for_its_cpp_wrapper_on_small_cpu_models(
+    monkeypatch, compile, layers, expected
+):
+    """On the CPU, fit(compile=True) compiles small models with inductor's C++ wrapper and large
+    ones without (docs/benchmarks.md); another backend gets no inductor options."""
     from mflows.training import trainer as trainer_module
     from mflows.training.phases import schedule_for
 
@@ -142,7 +145,11 @@ def test_trainer_asks_inductor_for_its_cpp_wrapper_on_cpu(monkeypatch, compile, 
         return fn
 
     monkeypatch.setattr(trainer_module, "compile_losses", spy)
-    model = make_model("mflow", 3, 2, seed=0, **TINY)
+    arch = dict(TINY, outer_layers=layers, inner_layers=layers)
+    model = make_model("mflow", 3, 2, seed=0, **arch)
+    assert (len(list(model.parameters())) <= trainer_module.CPP_WRAPPER_MAX_TENSORS) == (
+        layers == 1
+    )
     trainer_module.Trainer(model, schedule_for("alternating", model, epochs=1), compile=compile)
     assert seen.get("options") == expected
     assert seen.get("backend", "inductor") == ("inductor" if compile is True else compile)
