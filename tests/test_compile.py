@@ -127,11 +127,14 @@ def test_more_variants_than_torchs_limit_stay_compiled():
 
 
 @pytest.mark.parametrize(
-    ("compile", "expected"), [(True, {"cpp_wrapper": True}), ("aot_eager", None)]
+    ("compile", "layers", "expected"),
+    [(True, 1, {"cpp_wrapper": True}), (True, 20, None), ("aot_eager", 1, None)],
 )
-def test_trainer_asks_inductor_for_its_cpp_wrapper_on_cpu(monkeypatch, compile, expected):
-    """On the CPU, fit(compile=True) compiles with inductor's C++ wrapper (docs/benchmarks.md);
-    another backend gets no inductor options."""
+def test_trainer_asks_inductor_for_its_cpp_wrapper_on_small_cpu_models(
+    monkeypatch, compile, layers, expected
+):
+    """On the CPU, fit(compile=True) compiles small models with inductor's C++ wrapper and large
+    ones without (docs/benchmarks.md); another backend gets no inductor options."""
     from mflows.training import trainer as trainer_module
     from mflows.training.phases import schedule_for
 
@@ -142,7 +145,57 @@ def test_trainer_asks_inductor_for_its_cpp_wrapper_on_cpu(monkeypatch, compile, 
         return fn
 
     monkeypatch.setattr(trainer_module, "compile_losses", spy)
-    model = make_model("mflow", 3, 2, seed=0, **TINY)
+    arch = dict(TINY, outer_layers=layers, inner_layers=layers)
+    model = make_model("mflow", 3, 2, seed=0, **arch)
+    assert (len(list(model.parameters())) <= trainer_module.CPP_WRAPPER_MAX_TENSORS) == (
+        layers == 1
+    )
     trainer_module.Trainer(model, schedule_for("alternating", model, epochs=1), compile=compile)
     assert seen.get("options") == expected
     assert seen.get("backend", "inductor") == ("inductor" if compile is True else compile)
+
+
+def test_inductor_notes_on_ops_without_c_entry_points_are_silenced(caplog):
+    """With inductor's C++ wrapper, ops without a C entry point (the LU layers' triangular
+    solve) log one warning per call site; compiled calls drop exactly those notes."""
+    import logging
+
+    logger = logging.getLogger("torch._inductor.ir")
+
+    def noisy(x):
+        logger.warning("%s is missing a c-shim implementation, using proxy executor", "op")
+        logger.warning("another warning")
+        return x + 1
+
+    fn = compile_function(noisy, backend="eager")
+    with caplog.at_level(logging.WARNING, logger="torch._inductor.ir"):
+        fn(torch.zeros(2))
+    messages = [r.getMessage() for r in caplog.records]
+    assert "another warning" in messages
+    assert not any("c-shim" in m for m in messages)
+    logger.warning("%s is missing a c-shim implementation", "op")  # outside: not filtered
+    assert any("c-shim" in r.getMessage() for r in caplog.records)
+
+
+def test_eager_calls_between_compiled_steps_cause_no_recompilation():
+    # the transforms keep small caches of constants for eager calls; a compiled graph that read
+    # them would be compiled again once an eager call (a validation pass) had filled them
+    from torch._dynamo.utils import counters
+
+    from mflows.training.trainer import compute_losses
+    from mflows.transforms import splines
+    from mflows.transforms.constants import _CACHE
+
+    torch._dynamo.reset()
+    counters.clear()
+    splines._PAIRS.clear()
+    _CACHE.clear()
+    model = make_model("mflow", 3, 2, context_dim=1, seed=0, **TINY)
+    x, c = torch.randn(16, 3), torch.randn(16, 1)
+    fn = compile_losses(compute_losses, backend="eager")
+    fn(model, x, c, None, {"mse": 1.0}, {})
+    compute_losses(model, x, c, None, {"mse": 1.0}, {})  # eager: fills the caches
+    assert splines._PAIRS
+    fn(model, x, c, None, {"mse": 1.0}, {})
+    assert fn.compiled is True
+    assert counters["stats"]["unique_graphs"] == 1

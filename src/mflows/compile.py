@@ -13,7 +13,9 @@ runs only; docs/benchmarks.md has the numbers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -58,7 +60,7 @@ def compile_function(fn: F, *, name: str | None = None, **options: Any) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if wrapper.compiled is not False and compiled is not None:
             try:
-                with _recompile_limit(RECOMPILE_LIMIT):
+                with _recompile_limit(RECOMPILE_LIMIT), _quiet_fallback_notes():
                     out = compiled(*args, **kwargs)
             except Exception as error:
                 try:
@@ -91,6 +93,32 @@ def _recompile_limit(limit: int):
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     return config.patch({name: max(limit, getattr(config, name))})
+
+
+class _DropFallbackNotes(logging.Filter):
+    """Drops inductor's note that an op runs through its generic dispatcher (see below)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "missing a c-shim implementation" not in record.getMessage()
+
+
+_DROP_FALLBACK_NOTES = _DropFallbackNotes()
+
+
+@contextlib.contextmanager
+def _quiet_fallback_notes():
+    """Silences inductor's per-op warning "... is missing a c-shim implementation".
+
+    With the C++ wrapper, inductor logs one warning for every call site of an op without a C
+    entry point (``linalg_solve_triangular`` of the LU layers: dozens per graph), and runs it
+    through torch's dispatcher: correct, and not something a user can act on.
+    """
+    logger = logging.getLogger("torch._inductor.ir")
+    logger.addFilter(_DROP_FALLBACK_NOTES)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_DROP_FALLBACK_NOTES)
 
 
 def _fallback(label: str, error: Exception) -> None:

@@ -179,6 +179,19 @@ def _clip_gradients(params: list[nn.Parameter], clip: float | None) -> Tensor:
     return torch.nn.utils.clip_grad_norm_(params, math.inf if clip is None else clip)
 
 
+#: Models with at most this many parameter tensors compile with inductor's C++ wrapper on CPU.
+CPP_WRAPPER_MAX_TENSORS = 200
+
+
+def _small_cpu_graph(model: nn.Module) -> bool:
+    """Whether inductor's C++ wrapper pays for ``model`` (docs/benchmarks.md, "Speed against an
+    earlier revision"): it calls the graph's kernels and matrix products without Python in
+    between, 1.05x per step on the power M-flow (120 tensors), but its C++ takes minutes to
+    build for large graphs (30 min for the 40 -> 14 M-flow, 552 tensors, with no gain)."""
+    params = list(model.parameters())
+    return model_device(model).type == "cpu" and len(params) <= CPP_WRAPPER_MAX_TENSORS
+
+
 def _flattenable(params: list[nn.Parameter]) -> bool:
     return len({(p.dtype, p.device) for p in params}) == 1
 
@@ -331,9 +344,7 @@ class Trainer:
         self._losses = compute_losses
         if compile:
             options: dict[str, Any] = {} if compile is True else {"backend": str(compile)}
-            if compile is True and model_device(model).type == "cpu":
-                # inductor's C++ wrapper runs the graph's kernels and matrix products without a
-                # Python call between them: 1.05-1.1x per step on the paper's tabular shapes
+            if compile is True and _small_cpu_graph(model):
                 options["options"] = {"cpp_wrapper": True}
             self._losses = compile_losses(compute_losses, **options)
         self._epoch_info = (0, 0)  # (global epoch, batches) of the epoch running, for errors

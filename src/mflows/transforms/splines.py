@@ -32,13 +32,17 @@ def spline_param_count(num_bins: int) -> int:
 
 def _pair(index: Tensor) -> Tensor:
     """``[0, 1]`` in the dtype and on the device of ``index`` (cached)."""
+    # Under compilation the cache is not read: a compiled graph would guard on its contents and
+    # be compiled again once an eager call has filled it (one recompilation of every training
+    # graph in the second epoch, after the first validation pass).
+    if torch.compiler.is_compiling():
+        return torch.arange(2, device=index.device)
     key = ("pair", index.device)
     pair = _PAIRS.get(key)
-    if pair is None or torch.compiler.is_compiling():
+    if pair is None:
         with torch.inference_mode(False), torch.no_grad():
             pair = torch.arange(2, device=index.device)
-        if not torch.compiler.is_compiling():
-            _PAIRS[key] = pair
+        _PAIRS[key] = pair
     return pair
 
 
