@@ -625,3 +625,35 @@ def test_fit_applies_the_thread_policy_and_restores_the_count():
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads"):
         fit(model, x, epochs=1, progress=False, threads=0)
+
+
+@pytest.mark.parametrize(
+    ("losses", "factor"),
+    [({"mse": 1.0, "latent_nll": 1.0}, 10), ({"nested_mse": 1.0}, 1), ({"sinkhorn": 1.0}, 1)],
+)
+def test_validation_batches(power, monkeypatch, losses, factor):
+    """Per-sample losses are validated in batches of 10 training batches, with the values of one
+    pass over all points; losses that depend on the batch keep the training batch size."""
+    from mflows.training import trainer as trainer_module
+
+    model = tiny("mflow")
+    stage = Stage((Phase("p", "all", losses),), epochs=1)
+    trainer = trainer_module.Trainer(model, Schedule((stage,)), batch_size=7, progress=False)
+    sizes = []
+    real = trainer_module.compute_losses
+
+    def spy(model, x, *args):
+        sizes.append(len(x))
+        return real(model, x, *args)
+
+    monkeypatch.setattr(trainer_module, "compute_losses", spy)
+    val = (torch.as_tensor(power.x[:100], dtype=torch.float32), None, None)
+    record = trainer._validate(stage, val)
+    expected = [70, 30] if factor == 10 else [7] * 14 + [2]
+    assert sizes == expected
+    if factor == 10:
+        model.eval()
+        with torch.no_grad():
+            whole = real(model, val[0], None, None, losses, {})
+        for name in losses:
+            assert record[f"val_{name}"] == pytest.approx(float(whole[name]), rel=1e-5)

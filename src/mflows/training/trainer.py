@@ -68,6 +68,11 @@ __all__ = ["CHECK_EVERY", "History", "Trainer", "TrainingDivergedError", "comput
 
 #: Steps between two host reads of the non-finite flag on devices other than the CPU.
 CHECK_EVERY = 32
+#: Validation batches are this many training batches (losses that are means over samples only).
+VALIDATION_BATCHES = 10
+#: Losses whose value depends on the batch (a Sinkhorn divergence between two batches; nested
+#: dropout assigns the truncation by position in the batch): validated at the training batch size.
+BATCH_DEPENDENT_LOSSES = frozenset({"sinkhorn", "nested_mse"})
 
 Batch = tuple[Tensor, "Tensor | None", "Tensor | None"]
 
@@ -634,7 +639,12 @@ class Trainer:
         n_local = 0
         self.model.eval()
         order = torch.arange(len(x), device=x.device)
-        for idx in D.shard_indices(order, self.batch_size):
+        # Per-sample losses do not depend on the batch, and without gradients a larger batch
+        # costs little memory: fewer, larger batches pay the per-operation overhead less often.
+        size = self.batch_size
+        if not BATCH_DEPENDENT_LOSSES & set(weights):
+            size *= VALIDATION_BATCHES
+        for idx in D.shard_indices(order, size):
             with torch.set_grad_enabled("score" in weights):
                 terms = compute_losses(self.model, *_take(val, idx), weights, self.sinkhorn_options)
             names = sorted(terms)
