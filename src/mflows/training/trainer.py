@@ -475,19 +475,20 @@ class Trainer:
         stage = self.schedule.stages[s]
         steps = len(D.shard_indices(torch.arange(len(train[0])), self.batch_size))
         optimizers, schedulers = self._make_optimizers(stage, steps)
-        for opt, saved in zip(optimizers, state.optimizers):
-            _load_optimizer_state(opt, saved)
-        for sch, saved in zip(schedulers, state.schedulers):
-            sch.load_state_dict(saved)
-        early = state.early_stopping
-        if early is None and self.early_stopping and val is not None:
-            monitor = "val_loss" if stage.monitor is None else "val_monitor"
-            early = EarlyStopping(monitor=monitor, patience=self.patience)
-        if s == 0 and state.epoch == 0 and not state.history.records:
-            self._save(state)  # a checkpoint before the first step: "last good" from the start
-        bar = _progress_bar(stage, state.epoch, self.progress and D.is_main_process(), s,
-                            len(self.schedule.stages))  # fmt: skip
-        try:
+        bar = None
+        try:  # the finally clause gives the parameters of the flat groups their storage back
+            for opt, saved in zip(optimizers, state.optimizers):
+                _load_optimizer_state(opt, saved)
+            for sch, saved in zip(schedulers, state.schedulers):
+                sch.load_state_dict(saved)
+            early = state.early_stopping
+            if early is None and self.early_stopping and val is not None:
+                monitor = "val_loss" if stage.monitor is None else "val_monitor"
+                early = EarlyStopping(monitor=monitor, patience=self.patience)
+            if s == 0 and state.epoch == 0 and not state.history.records:
+                self._save(state)  # a checkpoint before the first step: "last good" from the start
+            bar = _progress_bar(stage, state.epoch, self.progress and D.is_main_process(), s,
+                                len(self.schedule.stages))  # fmt: skip
             for e in range(state.epoch, stage.epochs):
                 epoch = self._global_epoch(s, e)
                 tic = time.perf_counter()
