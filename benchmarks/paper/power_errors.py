@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import mflows
+from benchmarks.paper.store import Store
 from mflows.evaluation.metrics import reconstruction_errors
 from mflows.files import atomic_write
 
@@ -79,9 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = mflows.data.get("power").load("test", n=args.points, seed=args.seed)
     x = np.asarray(test.x, dtype=np.float64)
     theta = None if test.theta is None else np.asarray(test.theta, dtype=np.float64)
+    store = Store(Path(args.root))
     results = {}
     for run in args.runs:
-        model = mflows.load(Path(args.root) / ".work" / "power" / run / "model.pt")
+        model = mflows.load(store.model_file("power", run))
         model.eval()
         r = results[run] = split_errors(model, x, theta)
         print(

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import mflows
+from benchmarks.paper.store import Store
 from mflows.files import atomic_write
 
 DEFAULT_ROOT = Path("benchmarks/results/paper")
@@ -62,9 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     dataset = mflows.data.get("power")
+    store = Store(Path(args.root))
     results = {}
     for run in args.runs:
-        model = mflows.load(Path(args.root) / ".work" / "power" / run / "model.pt")
+        model = mflows.load(store.model_file("power", run))
         results[run] = ratio_errors(model, dataset, args.points, *args.theta, args.seed)
         r = results[run]
         print(

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import mflows
+from benchmarks.paper.store import Store
 from mflows.data.spherical import sphere_angles
 from mflows.files import atomic_write
 
@@ -91,9 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     n, d = DIMENSIONS[args.experiment]
     dataset = mflows.data.get("spherical_gaussian", n=n, d=d)
+    store = Store(Path(args.root))
     results = {}
     for run in args.runs:
-        model = mflows.load(Path(args.root) / ".work" / args.experiment / run / "model.pt")
+        model = mflows.load(store.model_file(args.experiment, run))
         r = results[run] = split_errors(model, dataset, args.points, args.seed)
         print(
             f"{run}: mean abs. error {r['mean_abs_error']:.3f} (median "

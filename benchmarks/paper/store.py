@@ -132,7 +132,14 @@ class Store:
 
     def work_dir(self, experiment: str, model: str, seed: int) -> Path:
         """The scratch directory of a run in progress."""
-        return Path(self.root) / ".work" / experiment / f"{model}-seed{seed}"
+        return self._work(experiment, f"{model}-seed{seed}")
+
+    def model_file(self, experiment: str, run: str) -> Path:
+        """The trained model of run ``run`` (``<model>-seed<k>``), kept in its scratch directory."""
+        return self._work(experiment, run) / "model.pt"
+
+    def _work(self, experiment: str, run: str) -> Path:
+        return Path(self.root) / ".work" / experiment / run
 
     def read(self, experiment: str, model: str, seed: int) -> dict[str, Any] | None:
         """The stored result of one run, or None."""
