@@ -167,7 +167,7 @@ def test_training_with_flat_groups_matches_per_tensor_training(monkeypatch, algo
     flat_model = tiny("mflow")
     flat_history = fit(flat_model, data.x, **kwargs)
     assert all(p.untyped_storage().size() == p.numel() * 4 for p in flat_model.parameters())
-    monkeypatch.setattr(trainer_module, "_flattenable", lambda params: False)
+    monkeypatch.setattr(trainer_module, "flattenable", lambda params: False)
     plain_model = tiny("mflow")
     plain_history = fit(plain_model, data.x, **kwargs)
     for a, b in zip(flat_history.records, plain_history.records):
@@ -179,4 +179,4 @@ def test_training_with_flat_groups_matches_per_tensor_training(monkeypatch, algo
 
 
 def test_module_exports():
-    assert flat.__all__ == ["ALIGN", "FlatParameters"]
+    assert flat.__all__ == ["ALIGN", "FlatParameters", "flattenable"]

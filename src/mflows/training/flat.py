@@ -24,10 +24,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ALIGN", "FlatParameters"]
+__all__ = ["ALIGN", "FlatParameters", "flattenable"]
 
 #: Elements between parameter starts are a multiple of this (64 bytes in float32).
 ALIGN = 16
+
+
+def flattenable(params: list[nn.Parameter]) -> bool:
+    """Whether ``params`` can share one buffer: a non-empty group of one dtype and device."""
+    return len({(p.dtype, p.device) for p in params}) == 1
 
 
 class FlatParameters:
@@ -41,7 +46,7 @@ class FlatParameters:
     """
 
     def __init__(self, params: list[nn.Parameter]) -> None:
-        if not params or len({(p.dtype, p.device) for p in params}) != 1:
+        if not flattenable(params):
             raise ValueError("FlatParameters needs a non-empty group of one dtype and device")
         self.params = list(params)
         self.slices: list[slice] = []

@@ -58,7 +58,7 @@ from mflows.training import defaults
 from mflows.training import distributed as D
 from mflows.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mflows.training.fingerprint import describe_difference, model_fingerprint, tensor_fingerprint
-from mflows.training.flat import FlatParameters
+from mflows.training.flat import FlatParameters, flattenable
 from mflows.training.history import History
 from mflows.training.options import check_optimizer_options
 from mflows.training.phases import Phase, Schedule, Stage
@@ -195,10 +195,6 @@ def _small_cpu_graph(model: nn.Module) -> bool:
     build for large graphs (30 min for the 40 -> 14 M-flow, 552 tensors, with no gain)."""
     params = list(model.parameters())
     return model_device(model).type == "cpu" and len(params) <= CPP_WRAPPER_MAX_TENSORS
-
-
-def _flattenable(params: list[nn.Parameter]) -> bool:
-    return len({(p.dtype, p.device) for p in params}) == 1
 
 
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -668,7 +664,7 @@ class Trainer:
         ids = [id(p) for params in groups for p in params]
         flatten = len(set(ids)) == len(ids)
         for i, (phase, params) in enumerate(zip(stage.phases, groups)):
-            flat = FlatParameters(params) if flatten and _flattenable(params) else None
+            flat = FlatParameters(params) if flatten and flattenable(params) else None
             lr = self.lr if phase.lr is None else float(phase.lr)
             opt, fused = _make_optimizer(
                 self.optimizer, params if flat is None else [flat.parameter], lr, self.weight_decay
