@@ -199,3 +199,59 @@ def test_eager_calls_between_compiled_steps_cause_no_recompilation():
     fn(model, x, c, None, {"mse": 1.0}, {})
     assert fn.compiled is True
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_losses_compiled_for_one_model_skip_its_module_guards_but_stay_apart():
+    """A trainer's compiled losses skip torch's guards on module attributes (one model, never
+    changed). Such variants must not serve another model: two models of different sizes and
+    both phases' loss weights, called in turn, each get their own eager values."""
+    from torch._dynamo.utils import counters
+
+    from mflows.compile import module_guard_options
+    from mflows.training.trainer import compute_losses
+
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 13):
+        assert module_guard_options()["isolate_recompiles"] is True  # in use where torch has it
+    torch._dynamo.reset()
+    counters.clear()
+    models = [
+        make_model("mflow", 3, 2, context_dim=1, seed=0, **TINY),
+        make_model("mflow", 3, 2, context_dim=1, seed=1, **dict(TINY, outer_layers=2)),
+    ]
+    for model in models:  # away from the identity initialisation, where both project alike
+        for p in model.parameters():
+            p.data.add_(0.1 * torch.randn_like(p))
+    fns = [compile_losses(compute_losses, fixed_modules=True, backend="eager") for _ in models]
+    x, c = torch.randn(16, 3), torch.randn(16, 1)
+    for _ in range(2):
+        for model, fn in zip(models, fns):
+            for weights in ({"mse": 1.0}, {"latent_nll": 1.0}):
+                got = fn(model, x, c, None, weights, {})
+                want = compute_losses(model, x, c, None, weights, {})
+                assert fn.compiled is True
+                torch.testing.assert_close(got["loss"], want["loss"], rtol=0, atol=0)
+    # one graph per model and phase, none compiled twice
+    assert counters["stats"]["unique_graphs"] == 4
+
+
+def test_validation_shares_the_encoding_between_projection_and_latent_loss(monkeypatch):
+    """Without gradients, compute_losses encodes once for mse + latent_nll; the values are
+    those of separate passes, bit for bit, for every kind with a manifold."""
+    from mflows.training import trainer as trainer_module
+
+    x, c = torch.randn(32, 3), torch.randn(32, 1)
+    weights = {"mse": 1.0, "latent_nll": 1.0}
+    for kind in ("pie", "mflow", "emflow", "pae", "fom"):
+        model = make_model(kind, 3, 2, context_dim=1, seed=0).eval()
+        calls = []
+        encode = model.encode
+        monkeypatch.setattr(model, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+        with torch.no_grad():
+            shared = trainer_module.compute_losses(model, x, c, None, weights)
+            assert len(calls) == 1
+            monkeypatch.setattr(trainer_module, "_has_manifold", lambda model: False)
+            separate = trainer_module.compute_losses(model, x, c, None, weights)
+            monkeypatch.undo()
+        assert len(calls) == 2  # one more for the separate latent loss (project is internal)
+        for k in separate:
+            torch.testing.assert_close(shared[k], separate[k], rtol=0, atol=0)

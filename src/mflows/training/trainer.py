@@ -104,11 +104,16 @@ def compute_losses(
     if need_score:
         ctx = context.detach().clone().requires_grad_(True)
     log_prob = None
+    shared_u = None
+    if {"mse", "latent_nll"} <= set(weights) and not torch.is_grad_enabled() and _has_manifold(model):
+        # without gradients (validation) the projection and the latent loss share one encoding
+        shared_u = model.encode(x, context)
     if "nll" in weights:
         log_prob = model.log_prob(x, ctx)
         terms["nll"] = L.negative_log_likelihood(log_prob)
     if "mse" in weights:
-        terms["mse"] = L.reconstruction_error(x, model.project(x, context))
+        x_proj = model.project(x, context) if shared_u is None else model.decode(shared_u, context)
+        terms["mse"] = L.reconstruction_error(x, x_proj)
     if "nested_mse" in weights:
         u = model.encode(x, context)
         if getattr(model, "nested_decay", 1.0) == 0:  # every k for every sample
@@ -121,8 +126,11 @@ def compute_losses(
             x, u, lambda v: model.decode(v, context), keep
         )
     if "latent_nll" in weights:
-        with torch.no_grad():
-            u = model.encode(x, context).detach()
+        if shared_u is None:
+            with torch.no_grad():
+                u = model.encode(x, context).detach()
+        else:
+            u = shared_u
         # u comes from the model, not from the validated data: after a bad step it may be
         # non-finite, which must surface as a non-finite loss (a divergence), not as the input
         # error of the public ``latent_log_prob``; the flat internal method does not check.
@@ -139,6 +147,12 @@ def compute_losses(
         terms["score"] = L.score_matching_error(model_score, scores)
     terms["loss"] = sum(float(weights[k]) * v for k, v in terms.items())
     return terms
+
+
+def _has_manifold(model: nn.Module) -> bool:
+    """Whether the model's projection is decode(encode(x)) (every kind but the ambient flow)."""
+    capabilities = getattr(model, "capabilities", None)
+    return bool(getattr(capabilities, "has_manifold", False))
 
 
 def _phase_parameters(model: nn.Module, phase: Phase) -> list[nn.Parameter]:
@@ -347,7 +361,7 @@ class Trainer:
             options: dict[str, Any] = {} if compile is True else {"backend": str(compile)}
             if compile is True and _small_cpu_graph(model):
                 options["options"] = {"cpp_wrapper": True}
-            self._losses = compile_losses(compute_losses, **options)
+            self._losses = compile_losses(compute_losses, fixed_modules=True, **options)
         self._epoch_info = (0, 0)  # (global epoch, batches) of the epoch running, for errors
         self._saved_epochs = 0  # epochs recorded in the last checkpoint written or resumed
         for stage in schedule.stages:  # fail early on phases without parameters
