@@ -244,8 +244,12 @@ def test_validation_shares_the_encoding_between_projection_and_latent_loss(monke
     for kind in ("pie", "mflow", "emflow", "pae", "fom"):
         model = make_model(kind, 3, 2, context_dim=1, seed=0).eval()
         calls = []
-        encode = model.encode
-        monkeypatch.setattr(model, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+
+        def counted(*args, _encode=model.encode, _calls=calls, **kwargs):
+            _calls.append(1)
+            return _encode(*args, **kwargs)
+
+        monkeypatch.setattr(model, "encode", counted)
         with torch.no_grad():
             shared = trainer_module.compute_losses(model, x, c, None, weights)
             assert len(calls) == 1

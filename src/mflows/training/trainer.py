@@ -105,9 +105,9 @@ def compute_losses(
         ctx = context.detach().clone().requires_grad_(True)
     log_prob = None
     shared_u = None
-    if {"mse", "latent_nll"} <= set(weights) and not torch.is_grad_enabled() and _has_manifold(model):
-        # without gradients (validation) the projection and the latent loss share one encoding
-        shared_u = model.encode(x, context)
+    if {"mse", "latent_nll"} <= set(weights) and not torch.is_grad_enabled():
+        if _has_manifold(model):  # validation: the projection and the latent loss share u
+            shared_u = model.encode(x, context)
     if "nll" in weights:
         log_prob = model.log_prob(x, ctx)
         terms["nll"] = L.negative_log_likelihood(log_prob)
