@@ -145,6 +145,7 @@ def test_trainer_asks_inductor_for_its_cpp_wrapper_on_small_cpu_models(
         return fn
 
     monkeypatch.setattr(trainer_module, "compile_losses", spy)
+    monkeypatch.setattr(trainer_module, "_COMPILED_LOSSES", {})
     arch = dict(TINY, outer_layers=layers, inner_layers=layers)
     model = make_model("mflow", 3, 2, seed=0, **arch)
     assert (len(list(model.parameters())) <= trainer_module.CPP_WRAPPER_MAX_TENSORS) == (
@@ -259,3 +260,33 @@ def test_validation_shares_the_encoding_between_projection_and_latent_loss(monke
         assert len(calls) == 2  # one more for the separate latent loss (project is internal)
         for k in separate:
             torch.testing.assert_close(shared[k], separate[k], rtol=0, atol=0)
+
+
+def test_trainers_share_compiled_losses_only_between_models_of_one_architecture(monkeypatch):
+    """Graphs without module guards may serve another model only if it traces alike: trainers
+    of two seeds of one architecture share them, another architecture does not; and a model
+    trained through shared graphs gets the losses of its own weights."""
+    from mflows.training import trainer as trainer_module
+    from mflows.training.phases import schedule_for
+
+    monkeypatch.setattr(trainer_module, "_COMPILED_LOSSES", {})
+
+    def losses_of(model):
+        schedule = schedule_for("alternating", model, epochs=1)
+        return trainer_module.Trainer(model, schedule, compile="aot_eager")._losses
+
+    a, b = (make_model("mflow", 3, 2, context_dim=1, seed=s, **TINY) for s in (0, 1))
+    other = make_model("mflow", 3, 2, context_dim=1, seed=0, **dict(TINY, num_bins=6))
+    assert losses_of(a) is losses_of(b)
+    assert losses_of(other) is not losses_of(a)
+    assert len(trainer_module._COMPILED_LOSSES) == 2
+    x, c = torch.randn(16, 3), torch.randn(16, 1)
+    shared = losses_of(b)
+    for model in (a, b, other):
+        for p in model.parameters():
+            p.data.add_(0.1 * torch.randn_like(p))
+    for model in (a, b):
+        for weights in ({"mse": 1.0}, {"latent_nll": 1.0}):
+            got = shared(model, x, c, None, weights, {})
+            want = trainer_module.compute_losses(model, x, c, None, weights, {})
+            torch.testing.assert_close(got["loss"], want["loss"], rtol=0, atol=0)

@@ -211,6 +211,31 @@ def _small_cpu_graph(model: nn.Module) -> bool:
     return model_device(model).type == "cpu" and len(params) <= CPP_WRAPPER_MAX_TENSORS
 
 
+#: Compiled training losses by model architecture (see _compiled_losses).
+_COMPILED_LOSSES: dict[str, Callable[..., dict[str, Tensor]]] = {}
+
+
+def _compiled_losses(model: nn.Module, options: dict[str, Any]) -> Callable[..., Any]:
+    """The compiled losses for ``model``, shared by the trainers of models of one architecture.
+
+    They skip torch's guards on module attributes (:func:`mflows.compile.compile_losses`,
+    ``fixed_modules``), so their graphs must only see models that trace alike: models whose
+    class, configuration, parameter shapes, dtype and device are the same (the weights are
+    inputs of the graphs, not part of them). A model without an mflows ``config`` gets graphs
+    of its own. Sharing also spares a second ``fit`` of such a model the compilation.
+    """
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        return compile_losses(compute_losses, fixed_modules=True, **options)
+    key = repr(
+        (type(model).__module__, type(model).__qualname__, model_fingerprint(model),
+         str(model_device(model)), repr(model), sorted(options.items(), key=str))
+    )  # fmt: skip
+    if key not in _COMPILED_LOSSES:
+        _COMPILED_LOSSES[key] = compile_losses(compute_losses, fixed_modules=True, **options)
+    return _COMPILED_LOSSES[key]
+
+
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimiser's state in torch's layout for the phase's own parameters."""
     flat = optimizer._mflows_flat
@@ -361,7 +386,7 @@ class Trainer:
             options: dict[str, Any] = {} if compile is True else {"backend": str(compile)}
             if compile is True and _small_cpu_graph(model):
                 options["options"] = {"cpp_wrapper": True}
-            self._losses = compile_losses(compute_losses, fixed_modules=True, **options)
+            self._losses = _compiled_losses(model, options)
         self._epoch_info = (0, 0)  # (global epoch, batches) of the epoch running, for errors
         self._saved_epochs = 0  # epochs recorded in the last checkpoint written or resumed
         for stage in schedule.stages:  # fail early on phases without parameters
