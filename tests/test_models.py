@@ -944,3 +944,29 @@ def test_extreme_inputs_are_refused_not_returned_as_nan():
     with torch.no_grad():
         next(model.encoder.parameters()).fill_(float("nan"))
     assert torch.isnan(model.encode(torch.ones(2, 4))).all()
+
+
+def test_identity_init_false_gives_the_couplings_a_random_start():
+    """identity_init (default True) zeroes the conditioners' output layers: every coupling is
+    the identity at first. False keeps PyTorch's default init there (the paper's code), so
+    the couplings start away from the identity; the option is recorded and survives a save."""
+    from mflows.errors import InvalidArgumentError
+    from mflows.training.fingerprint import model_fingerprint
+    from mflows.transforms.coupling import Coupling
+
+    torch.manual_seed(0)
+    for identity in (True, False):
+        model = make_model("mflow", 4, 2, seed=0, identity_init=identity)
+        couplings = [m for m in model.modules() if isinstance(m, Coupling)]
+        assert couplings
+        xs = [torch.randn(64, c.features) for c in couplings]
+        moved = [float((c(x)[0] - x).abs().max()) for c, x in zip(couplings, xs)]
+        if identity:
+            assert max(moved) < 1e-5
+        else:
+            assert min(moved) > 1e-3
+        assert model.config["architecture"]["identity_init"] is identity
+        # checkpoints written before the option existed (no key) match the default
+        assert ("identity_init" in str(model_fingerprint(model))) is not identity
+    with pytest.raises(InvalidArgumentError, match="identity_init"):
+        make_model("mflow", 4, 2, identity_init="no")

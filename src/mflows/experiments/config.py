@@ -206,6 +206,9 @@ class ModelConfig:
             scales before the projection to u (0: none).
         image_linear_channels: images: channels per level those layers mix (times 2^level).
         image_encoder: images (emflow, pae): ``conv`` or ``mlp`` encoder (and PAE decoder).
+        identity_init: tabular flows start as the identity (True, the default) or with
+            PyTorch's default initialisation of the conditioners' output layers (False, as the
+            paper's code).
     """
 
     kind: str = "mflow"
@@ -228,6 +231,7 @@ class ModelConfig:
     steps_per_level: int | None = None
     chart: str | None = None
     standardize: bool | None = None
+    identity_init: bool | None = None
     preprocessing: str | None = None
     image_linear_layers: int | None = None
     image_linear_channels: int | None = None

@@ -46,6 +46,11 @@ chart                      see right   fom: ``"sphere-probit"`` (the default: pr
                                        ``"sphere-stereographic"`` (no seam; centre set by
                                        ``mflows.fit`` from the data) or a chart
 seed                       None        seed for initialisation and random permutations
+identity_init              True        tabular coupling flows start as the identity map
+                                       (zeroed output layers of their conditioners); False:
+                                       PyTorch's default initialisation of those layers, a
+                                       random start as in the paper's code (needed where the
+                                       identity start is a saddle, e.g. the spheres)
 standardize                True        (not fom) standardise x: a first layer (x - shift) /
                                        scale of f (pae: around e and g) whose statistics
                                        ``mflows.fit`` sets from the training data
@@ -94,6 +99,7 @@ _FLOW = {
     "coupling": "spline",
     "seed": None,
     "standardize": True,
+    "identity_init": True,
 }
 _OUTER = {"outer_layers": 5, "levels": 2, "steps_per_level": 3, "image_options": {}}
 _INNER = {"inner_layers": 5}
@@ -195,6 +201,7 @@ def _tabular_flow(
         linear=arch["linear"],
         coupling=arch["coupling"],
         seed=_offset_seed(arch["seed"], offset),
+        identity_init=arch.get("identity_init", True),
     )
 
 
@@ -383,6 +390,12 @@ def _resolve(kind: str, architecture: dict[str, Any]) -> dict[str, Any]:
         )
     if "standardize" in arch:
         arch["standardize"] = bool(arch["standardize"])
+    if "identity_init" in arch:
+        if not isinstance(arch["identity_init"], (bool, np.bool_)):
+            raise InvalidArgumentError(
+                f"expected identity_init True or False, got {arch['identity_init']!r}"
+            )
+        arch["identity_init"] = bool(arch["identity_init"])
     if "image_options" in arch and not isinstance(arch["image_options"], dict):
         raise InvalidArgumentError(
             f"expected image_options a dict, got {type(arch['image_options']).__name__}"

@@ -45,6 +45,9 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
     config = copy.deepcopy(getattr(model, "config", None))
     if isinstance(config, dict) and isinstance(config.get("architecture"), dict):
         config["architecture"].pop("seed", None)
+        # an option added later, at its default: checkpoints written before it still resume
+        if config["architecture"].get("identity_init") is True:
+            del config["architecture"]["identity_init"]
     shapes = hashlib.sha256(
         repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()]).encode()
     ).hexdigest()

@@ -28,8 +28,10 @@ def make_tabular_flow(
     coupling: Literal["spline", "affine"] = "spline",
     dropout: float = 0.0,
     seed: int | None = None,
+    identity_init: bool = True,
 ) -> Transform:
-    """Coupling flow on ``(B, features)``, identity at initialisation.
+    """Coupling flow on ``(B, features)``, identity at initialisation (unless ``identity_init``
+    is False).
 
     Layout: ``coupling_1, linear_1, coupling_2, ..., linear_{L-1}, coupling_L``; coupling masks
     alternate between even and odd features, and the linear layers in between are random
@@ -50,6 +52,9 @@ def make_tabular_flow(
         dropout: Conditioner dropout.
         seed: If given, the permutations and the parameter initialisation are reproducible
             (the global RNG is left untouched).
+        identity_init: zero the output layers of the conditioners, so that every coupling
+            starts as the identity; False keeps PyTorch's default initialisation of those
+            layers (a random start, as the paper's code: nflows-style residual nets).
 
     Returns:
         A :class:`CompositeTransform`.
@@ -77,6 +82,7 @@ def make_tabular_flow(
                         hidden_features,
                         num_blocks,
                         dropout,
+                        zero_init_last=identity_init,
                     )
                 )
                 continue
@@ -90,6 +96,7 @@ def make_tabular_flow(
                 hidden_features=hidden_features,
                 num_blocks=num_blocks,
                 dropout=dropout,
+                zero_init_last=identity_init,
             )
             if coupling == "spline":
                 layers.append(

@@ -48,6 +48,7 @@ class Coupling(Transform):
         hidden_features: int = 100,
         num_blocks: int = 2,
         dropout: float = 0.0,
+        zero_init_last: bool = True,
     ):
         super().__init__()
         mask = alternating_mask(features) if mask is None else torch.as_tensor(mask, dtype=bool)
@@ -69,6 +70,7 @@ class Coupling(Transform):
             num_blocks,
             context_features,
             dropout=dropout,
+            zero_init_last=zero_init_last,
         )
 
     def _transform(self, xb: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
@@ -104,6 +106,8 @@ class RQSCoupling(Coupling):
         num_bins: Spline bins K.
         tail_bound: B.
         dropout: Conditioner dropout.
+        zero_init_last: zero the conditioner's output layer, so the coupling starts as the
+            identity (False: PyTorch's default initialisation, a random start).
 
     References:
         Neural Spline Flows (Durkan et al., 2019), arXiv:1906.04032.
@@ -119,6 +123,7 @@ class RQSCoupling(Coupling):
         num_bins: int = 8,
         tail_bound: float = 3.0,
         dropout: float = 0.0,
+        zero_init_last: bool = True,
     ):
         super().__init__(
             features,
@@ -128,6 +133,7 @@ class RQSCoupling(Coupling):
             hidden_features,
             num_blocks,
             dropout,
+            zero_init_last,
         )
         self.num_bins = num_bins
         self.tail_bound = tail_bound
@@ -151,6 +157,7 @@ class AffineCoupling(Coupling):
         num_blocks: Conditioner residual blocks.
         dropout: Conditioner dropout.
         scale_bound: S, bound on the log-scale.
+        zero_init_last: zero the conditioner's output layer (identity start).
 
     References:
         Density estimation using Real NVP (Dinh et al., 2016), arXiv:1605.08803.
@@ -165,8 +172,12 @@ class AffineCoupling(Coupling):
         num_blocks: int = 2,
         dropout: float = 0.0,
         scale_bound: float = 2.0,
+        zero_init_last: bool = True,
     ):
-        super().__init__(features, mask, 2, context_features, hidden_features, num_blocks, dropout)
+        super().__init__(
+            features, mask, 2, context_features, hidden_features, num_blocks, dropout,
+            zero_init_last,
+        )  # fmt: skip
         self.scale_bound = scale_bound
 
     def _transform(self, xb: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:

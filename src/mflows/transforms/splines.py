@@ -243,6 +243,7 @@ class ElementwiseRQS(Transform):
         hidden_features: Width of the context network.
         num_blocks: Residual blocks of the context network.
         dropout: Dropout in the context network.
+        zero_init_last: zero the context network's output layer (identity start).
     """
 
     def __init__(
@@ -254,6 +255,7 @@ class ElementwiseRQS(Transform):
         hidden_features: int = 100,
         num_blocks: int = 2,
         dropout: float = 0.0,
+        zero_init_last: bool = True,
     ):
         super().__init__()
         self.features = features
@@ -263,8 +265,9 @@ class ElementwiseRQS(Transform):
         n_params = features * spline_param_count(num_bins)
         if context_features > 0:
             self.net = ResidualMLP(
-                0, n_params, hidden_features, num_blocks, context_features, dropout=dropout
-            )
+                0, n_params, hidden_features, num_blocks, context_features, dropout=dropout,
+                zero_init_last=zero_init_last,
+            )  # fmt: skip
         else:
             self.params = torch.nn.Parameter(torch.zeros(n_params))
 
