@@ -211,3 +211,15 @@ def test_model_overrides_reach_the_configuration():
     assert config.model.chart == "sphere-stereographic" and config.model.latent_dim == 2
     plain = next(m for m in exp.models if m.name == "fom")
     assert runner.resolve_config(exp, plain, 0, runner.RunOptions()).model.chart == "sphere"
+
+
+def test_a_field_added_later_and_left_unset_does_not_restart_an_interrupted_run():
+    saved = {"model": {"kind": "mflow", "outer_layers": 5}, "seed": 0}
+    assert runner.same_config(
+        saved, {"model": {"kind": "mflow", "outer_layers": 5, "identity_init": None}, "seed": 0}
+    )
+    assert not runner.same_config(
+        saved, {"model": {"kind": "mflow", "outer_layers": 5, "identity_init": False}, "seed": 0}
+    )
+    assert not runner.same_config(saved, {"model": {"kind": "mflow", "outer_layers": 6}, "seed": 0})
+    assert not runner.same_config({**saved, "gone": 1}, saved)

@@ -43,7 +43,15 @@ from benchmarks.paper.store import (
     machine_info,
 )
 
-__all__ = ["DeadlineReached", "RunOptions", "budget_of", "main", "resolve_config", "run_one"]
+__all__ = [
+    "DeadlineReached",
+    "RunOptions",
+    "budget_of",
+    "main",
+    "resolve_config",
+    "run_one",
+    "same_config",
+]
 
 
 class DeadlineReached(Exception):
@@ -73,6 +81,21 @@ class RunOptions:
     device: str = "cpu"
     deadline: float | None = None
     replace: bool = False
+
+
+def same_config(saved: Any, current: Any) -> bool:
+    """Whether a run's saved configuration is the current one. A field that a later version
+    added (absent from the saved file) counts as equal when it is unset (``None``), so runs
+    interrupted before an upgrade still resume."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = set(saved) | set(current)
+        return all(
+            same_config(saved[k], current[k])
+            if k in saved and k in current
+            else (current.get(k) is None and k not in saved)
+            for k in keys
+        )
+    return saved == current
 
 
 def resolve_config(exp: Experiment, spec: ModelSpec, seed: int, options: RunOptions):
@@ -210,7 +233,9 @@ def run_one(store: Store, exp: Experiment, spec: ModelSpec, seed: int, options: 
     config_dict = config_to_dict(config)
     with lock_run(work):
         config_file = work / "config.json"
-        if config_file.is_file() and json.loads(config_file.read_text()) != config_dict:
+        if config_file.is_file() and not same_config(
+            json.loads(config_file.read_text()), config_dict
+        ):
             _log(f"{name}: scratch of another configuration, starting afresh")
             for child in work.iterdir():
                 if child.name != ".lock":
@@ -232,6 +257,8 @@ def run_one(store: Store, exp: Experiment, spec: ModelSpec, seed: int, options: 
             "git_revision": git_revision(),
             "machine": machine_info(config.device),
         }
+        if options.overrides:
+            record["overrides"] = list(options.overrides)
         if progress.get("trained") and model_file.is_file():
             _log(f"{name}: trained model found, scoring")
             model = load(model_file).to(config.device)
