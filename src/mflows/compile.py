@@ -164,7 +164,8 @@ def module_guard_options() -> dict[str, Any]:
     guards on the other arguments (shapes, the loss weights) stay. Skipping them is only sound
     if no other model can reach these compiled variants: they are kept apart from those of
     every other ``torch.compile`` of the same function (``isolate_recompiles``), at the price
-    of compiling again in each trainer. Empty where torch lacks either option (before 2.13).
+    of compiling again for each such call (the trainer makes one per model architecture).
+    Empty where torch lacks either option (before 2.13).
     """
     skip = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
     if skip is None or "isolate_recompiles" not in inspect.signature(torch.compile).parameters:
