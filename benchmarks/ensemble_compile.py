@@ -1,9 +1,10 @@
 """Whether ``torch.compile`` speeds up the vectorised losses of ``mflows.fit_ensemble``.
 
-Builds K paper power M-flows (``power_mf_alternating``, weights perturbed away from the identity
-initialisation), stacks them as ``fit_ensemble`` does, and times the losses and gradients of
-one alternating step (manifold phase, then density phase) of all K members, eager or compiled
-(``torch.compile`` of the vmapped loss function, inductor). CPU time per step, 1 thread.
+Builds K paper power M-flows (``make_power`` of ``benchmarks/ensemble.py``, weights perturbed
+away from the identity initialisation), stacks them as ``fit_ensemble`` does, and times the
+losses and gradients of one alternating step (manifold phase, then density phase) of all K
+members, eager or compiled (``torch.compile`` of the vmapped loss function, inductor). CPU time
+per step, 1 thread.
 
 Usage (from the repository root)::
 
@@ -17,9 +18,8 @@ import argparse
 import time
 
 import torch
+from ensemble import make_power
 
-from mflows.experiments.build import build_model, get_dataset
-from mflows.experiments.config import load_config
 from mflows.training.ensemble import _ordered, _Stack
 from mflows.training.phases import schedule_for
 
@@ -32,9 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = load_config("power_mf_alternating")
-    dataset = get_dataset(config.data)
-    models = [build_model(config, dataset) for _ in range(args.members)]
+    models = [make_power(seed) for seed in range(args.members)]
     for model in models:
         for p in model.parameters():
             p.data.add_(0.01 * torch.randn_like(p))
