@@ -254,7 +254,7 @@ def test_validation_shares_the_encoding_between_projection_and_latent_loss(monke
         with torch.no_grad():
             shared = trainer_module.compute_losses(model, x, c, None, weights)
             assert len(calls) == 1
-            monkeypatch.setattr(trainer_module, "_has_manifold", lambda model: False)
+            monkeypatch.setattr(type(model), "has_manifold", False)
             separate = trainer_module.compute_losses(model, x, c, None, weights)
             monkeypatch.undo()
         assert len(calls) == 2  # one more for the separate latent loss (project is internal)

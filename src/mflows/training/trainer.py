@@ -106,7 +106,9 @@ def compute_losses(
     log_prob = None
     shared_u = None
     if {"mse", "latent_nll"} <= set(weights) and not torch.is_grad_enabled():
-        if _has_manifold(model):  # validation: the projection and the latent loss share u
+        # validation: the projection is decode(encode(x)) for every kind with a manifold, so
+        # it and the latent loss share u
+        if getattr(model, "has_manifold", False):
             shared_u = model.encode(x, context)
     if "nll" in weights:
         log_prob = model.log_prob(x, ctx)
@@ -147,12 +149,6 @@ def compute_losses(
         terms["score"] = L.score_matching_error(model_score, scores)
     terms["loss"] = sum(float(weights[k]) * v for k, v in terms.items())
     return terms
-
-
-def _has_manifold(model: nn.Module) -> bool:
-    """Whether the model's projection is decode(encode(x)) (every kind but the ambient flow)."""
-    capabilities = getattr(model, "capabilities", None)
-    return bool(getattr(capabilities, "has_manifold", False))
 
 
 def _phase_parameters(model: nn.Module, phase: Phase) -> list[nn.Parameter]:
