@@ -238,9 +238,10 @@ def _peak(chunk: int) -> dict[str, float]:
 
 
 def test_peak_memory_grows_with_the_block_size():
-    # (3, 32, 32) image, n = 128, 64 hidden channels: each column pushed at once costs ~1 MB of
-    # intermediates (measured), so all 128 at once need ~120 MB more than blocks of 8; the
-    # rest of the process (torch, the model, first-call setup) is the same in both runs.
+    # (3, 32, 32) image, n = 128, 64 hidden channels: each column pushed at once costs ~0.5 MB
+    # of intermediates (measured: 44-68 MB more for all 128 at once than for blocks of 8, ~1 MB
+    # a column before the spline head's folded tangents); the rest of the process (torch, the
+    # model, first-call setup) is the same in both runs.
     small, full = _peak(8), _peak(128)
     assert abs(small["logp"] - full["logp"]) < 1e-3 * max(1.0, abs(full["logp"]))
-    assert full["peak_mb"] - small["peak_mb"] > 70
+    assert full["peak_mb"] - small["peak_mb"] > 25

@@ -154,8 +154,7 @@ class ConvResidualNet(nn.Module):
             nn.init.zeros_(self.final[-1].weight)
             nn.init.zeros_(self.final[-1].bias)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """Maps ``x`` ``(B, in, H, W)`` and ``context`` ``(B, c)`` to ``(B, out, H, W)``."""
+    def _with_context(self, x: Tensor, context: Tensor | None) -> Tensor:
         if self.context_features > 0:
             if context is None:
                 raise ValueError(
@@ -163,4 +162,17 @@ class ConvResidualNet(nn.Module):
                 )
             c = context[..., :, None, None].expand(*x.shape[:-3], -1, *x.shape[-2:])
             x = torch.cat([x, c], dim=-3)
-        return self.final(self.blocks(self.initial(x)))
+        return x
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Maps ``x`` ``(B, in, H, W)`` and ``context`` ``(B, c)`` to ``(B, out, H, W)``."""
+        return self.output_layer(self.hidden(x, context))
+
+    def hidden(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """The features that the output layer (``output_layer``) maps: ``forward`` without it."""
+        return self.final[0](self.blocks(self.initial(self._with_context(x, context))))
+
+    @property
+    def output_layer(self) -> nn.Conv2d:
+        """The 1x1 output convolution."""
+        return self.final[-1]

@@ -25,11 +25,8 @@ from torch import Tensor, nn
 from mflows.nets import ConvResidualNet
 from mflows.transforms.base import CompositeTransform, Transform, sum_except_batch
 from mflows.transforms.linear import LULinear
-from mflows.transforms.splines import (
-    rational_quadratic_spline,
-    spline_param_count,
-    split_spline_params,
-)
+from mflows.transforms.spline_head import spline_head
+from mflows.transforms.splines import spline_param_count
 
 __all__ = [
     "PREPROCESSING",
@@ -177,10 +174,16 @@ class ImageRQSCoupling(Transform):
     def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         xa = x[..., self.identity_idx, :, :]
         xb = x[..., self.transform_idx, :, :]
-        p = self.conditioner(xa, context)
-        p = p.reshape(*xb.shape[:-2], -1, *xb.shape[-2:]).movedim(-3, -1)  # (B, Cb, H, W, P)
-        w, h, d = split_spline_params(p, self.num_bins)
-        yb, ld = rational_quadratic_spline(xb, w, h, d, inverse=inverse, tail_bound=self.tail_bound)
+        out = self.conditioner.output_layer
+        yb, ld = spline_head(
+            xb,
+            self.conditioner.hidden(xa, context),
+            out.weight,
+            out.bias,
+            self.num_bins,
+            inverse,
+            self.tail_bound,
+        )
         y = torch.cat([xa, yb], dim=-3)[..., self.merge_idx, :, :]
         return y, sum_except_batch(ld)
 
@@ -465,9 +468,8 @@ class PartialLinear(Transform):
         head, tail = z[..., : self.mixed], z[..., self.mixed :]
         total = x.new_zeros(())
         for layer in self.layers:
-            lower, upper, diag = layer._factors()
-            head = F.linear(F.linear(head, upper), lower, layer.bias)
-            total = total + torch.log(diag).sum()
+            head, ld = layer._linear(head)
+            total = total + ld
         return torch.cat([head, tail], dim=-1), total.expand(x.shape[0])
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
