@@ -20,6 +20,7 @@ Usage::
     python benchmarks/image_logprob.py --device cuda --threads 4 --no-write
     python benchmarks/image_logprob.py --jacobian-chunk 32   # smaller blocks (this tree only)
     python benchmarks/image_logprob.py --baseline d989b36 --marker image_logprob_lu
+    python benchmarks/image_logprob.py --legacy-architecture --marker image_logprob_same
 
 About 10 minutes with the defaults (3 rounds, 2 images at n = 64, 1 at n = 512) on a loaded
 2-core machine, less on an idle one.
@@ -52,12 +53,17 @@ BASELINE = "f485bc2"
 # --------------------------------------------------------------------------------------------
 
 
-def _model(n: int, device: str) -> Any:
+#: the image architecture before the paper's pieces were added (no pixel preprocessing, no LU
+#: layers before the projection), which is the default image M-flow of f485bc2
+LEGACY = {"preprocessing": "none", "image_linear_layers": 0}
+
+
+def _model(n: int, device: str, legacy: bool = False) -> Any:
     import torch
 
     from mflows.models import make_model
 
-    model = make_model("mflow", SHAPE, n, seed=0)
+    model = make_model("mflow", SHAPE, n, seed=0, **(LEGACY if legacy else {}))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -77,7 +83,9 @@ def _status_mb(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def worker(n: int, images: int, device: str, threads: int, chunk: int | None) -> None:
+def worker(
+    n: int, images: int, device: str, threads: int, chunk: int | None, legacy: bool = False
+) -> None:
     """Prints one JSON line: the timing of one ``log_prob`` call."""
     import torch
 
@@ -86,8 +94,8 @@ def worker(n: int, images: int, device: str, threads: int, chunk: int | None) ->
     x = torch.rand(images, *SHAPE, generator=torch.Generator().manual_seed(2)).to(device)
     kwargs = {} if chunk is None else {"jacobian_chunk": chunk}
     with torch.no_grad():
-        _model(8, device).log_prob(x[:1])  # warm-up (library code paths, conv primitives)
-        model = _model(n, device)
+        _model(8, device, legacy).log_prob(x[:1])  # warm-up (library code paths, conv primitives)
+        model = _model(n, device, legacy)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -114,7 +122,13 @@ def worker(n: int, images: int, device: str, threads: int, chunk: int | None) ->
 
 
 def _measure(
-    src: Path, n: int, images: int, device: str, threads: int, chunk: int | None
+    src: Path,
+    n: int,
+    images: int,
+    device: str,
+    threads: int,
+    chunk: int | None,
+    legacy: bool = False,
 ) -> dict[str, Any]:
     env = dict(
         os.environ,
@@ -126,6 +140,8 @@ def _measure(
     command += ["--images", str(images), "--device", device, "--threads", str(threads)]
     if chunk is not None:
         command += ["--jacobian-chunk", str(chunk)]
+    if legacy:
+        command += ["--legacy-architecture"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"worker failed ({src}, n={n}):\n{done.stderr[-3000:]}")
@@ -150,8 +166,12 @@ def run(args: argparse.Namespace) -> str:
             for n, images in cases:
                 order = names if r % 2 == 0 else names[::-1]
                 for name in order:
-                    chunk = args.jacobian_chunk if name == "current" else None
-                    out = _measure(versions[name], n, images, args.device, args.threads, chunk)
+                    current = name == "current"
+                    chunk = args.jacobian_chunk if current else None
+                    legacy = args.legacy_architecture and current
+                    out = _measure(
+                        versions[name], n, images, args.device, args.threads, chunk, legacy
+                    )
                     results.setdefault((name, n), []).append(out)
                     print(
                         f"round {r + 1} n={n} {name}: {out['cpu']:.2f} s CPU/image, "
@@ -211,6 +231,11 @@ def main() -> None:
     parser.add_argument(
         "--jacobian-chunk", type=int, default=None, help="columns per block (this tree only)"
     )
+    parser.add_argument(
+        "--legacy-architecture",
+        action="store_true",
+        help="this tree builds the baseline f485bc2's default model (same maths, same weights)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
     parser.add_argument(
         "--marker", default=MARKER, help="the docs block to write (<!-- MARKER:begin -->)"
@@ -220,7 +245,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.n, args.images, args.device, args.threads, args.jacobian_chunk)
+        worker(
+            args.n,
+            args.images,
+            args.device,
+            args.threads,
+            args.jacobian_chunk,
+            args.legacy_architecture,
+        )
         return
     if args.device.startswith("cuda"):
         import torch
