@@ -130,6 +130,12 @@ def test_pixel_matvec_against_einsum_with_every_batching():
             a if dims[0] == 0 else a[0], m if dims[1] == 0 else m[0]
         )
         torch.testing.assert_close(got, want)
+    # one sample (the blockwise 2-D transpose), and a batch dimension that vmap keeps inside
+    got = vmap(pixel_matvec, in_dims=(0, None))(a[:, :1], m[0, :1])
+    torch.testing.assert_close(got, vmap(reference, in_dims=(0, None))(a[:, :1], m[0, :1]))
+    inner = a[:, :1].movedim(0, 2)  # (1, 3, 6, 4, 5), vmapped over dim 2
+    got = vmap(pixel_matvec, in_dims=(2, None))(inner, m[0, :1])
+    torch.testing.assert_close(got, vmap(reference, in_dims=(0, None))(a[:, :1], m[0, :1]))
     # channels stored last (as convolutions with channels-last weights produce them): no copy
     last = a.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     assert last.stride(2) == 1
