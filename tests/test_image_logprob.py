@@ -113,6 +113,22 @@ def test_mflow_log_prob_matches_dense_autograd_for_every_chunking(n):
     assert model.jacobian_options["jacobian_chunk"] is None  # the override is per call
 
 
+def test_channels_last_weights_give_the_same_log_prob():
+    # the evaluation tip in docs/guide.md: channels-last convolution weights, same densities
+    model = _perturbed("mflow", 3, seed=12)
+    x = _images(2, seed=12)
+    with torch.no_grad():
+        plain = model.log_prob(x)
+        last = model.to(memory_format=torch.channels_last).log_prob(x)
+    assert any(
+        p.dim() == 4
+        and p.is_contiguous(memory_format=torch.channels_last)
+        and not p.is_contiguous()
+        for p in model.parameters()
+    )
+    torch.testing.assert_close(last, plain, rtol=1e-10, atol=1e-9)
+
+
 def test_conditional_outer_flow_log_prob_matches_dense_autograd():
     # theta enters the image couplings' conditioners (and so their spline heads)
     n = 3
