@@ -48,6 +48,14 @@ def _params(xb: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tenso
     return p.reshape(*xb.shape[:-2], -1, *xb.shape[-2:]).movedim(-3, -1)
 
 
+def _spline(
+    xb: Tensor, theta: Tensor, num_bins: int, inverse: bool, tail_bound: float
+) -> tuple[Tensor, Tensor]:
+    return packed_rational_quadratic_spline(
+        xb, theta, num_bins, inverse=inverse, tail_bound=tail_bound
+    )
+
+
 def _plain(
     xb: Tensor,
     a: Tensor,
@@ -57,21 +65,10 @@ def _plain(
     inverse: bool,
     tail_bound: float,
 ) -> tuple[Tensor, Tensor]:
-    theta = _params(xb, a, weight, bias)
-    return packed_rational_quadratic_spline(
-        xb, theta, num_bins, inverse=inverse, tail_bound=tail_bound
-    )
+    return _spline(xb, _params(xb, a, weight, bias), num_bins, inverse, tail_bound)
 
 
 # ------------------------------------------------------------------ per-pixel matrix-vector
-def _matvec(a: Tensor, m: Tensor) -> Tensor:
-    """``out[b, k, h, w] = sum_c a[b, c, h, w] m[b, h, w, c, k]`` for unbatched (plain) inputs."""
-    b, c, h, w = a.shape
-    rows = a.permute(0, 2, 3, 1).reshape(b * h * w, 1, c)
-    out = torch.bmm(rows, m.reshape(b * h * w, c, -1))
-    return out.reshape(b, h, w, -1).permute(0, 3, 1, 2)
-
-
 def _pixel_rows(a: Tensor) -> Tensor:
     """``(k, B, c, H, W) -> (B H W, k, c)``: the k vectors of each pixel as the rows of a matrix.
 
@@ -89,10 +86,19 @@ def _pixel_rows(a: Tensor) -> Tensor:
     return rows.contiguous()
 
 
+def _matvec(a: Tensor, m: Tensor) -> Tensor:
+    """``out[i, b, :, h, w] = m[b, h, w]^T a[i, b, :, h, w]`` for k vectors ``a`` ``(k, B, c,
+    H, W)`` and one ``m`` ``(B, H, W, c, K)``: one batched matrix product, the k vectors of a
+    pixel as the rows of its matrix. Returns ``(k, B, K, H, W)``."""
+    k, b, c, h, w = a.shape
+    out = torch.bmm(_pixel_rows(a), m.reshape(b * h * w, c, -1))  # (B H W, k, K)
+    return out.reshape(b, h, w, k, -1).permute(3, 0, 4, 1, 2)
+
+
 class _PixelMatVec(torch.autograd.Function):
     @staticmethod
     def forward(a: Tensor, m: Tensor) -> Tensor:
-        return _matvec(a, m)
+        return _matvec(a.unsqueeze(0), m)[0]
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -127,11 +133,8 @@ class _PixelMatVec(torch.autograd.Function):
         a_dim, m_dim = in_dims
         if m_dim is None:
             # tangents of one point: the vmapped directions become the rows of each pixel's
-            # product, one batched matrix product in all (torch's rule would copy m per row)
-            a = a.movedim(a_dim, 0)
-            k, b, c, h, w = a.shape
-            out = torch.bmm(_pixel_rows(a), m.reshape(b * h * w, c, -1))
-            return out.reshape(b, h, w, k, -1).permute(3, 0, 4, 1, 2), 0
+            # product (torch's rule would copy m once per direction)
+            return _matvec(a.movedim(a_dim, 0), m), 0
         size = info.batch_size
         a = a.expand(size, *a.shape) if a_dim is None else a.movedim(a_dim, 0)
         m = m.movedim(m_dim, 0)
@@ -165,16 +168,9 @@ class _SplineHead(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, xb_dot, a_dot, weight_dot, bias_dot, *_):
         xb, a, weight, bias = ctx.saved_tensors
-        num_bins, inverse, tail_bound = ctx.spline
         theta = _params(xb, a, weight, bias)
-
-        def spline(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-            return packed_rational_quadratic_spline(
-                x, t, num_bins, inverse=inverse, tail_bound=tail_bound
-            )
-
         # elementwise derivatives of (y, log|dy/dx|) with respect to x_b and theta
-        (y, ld), pull = vjp(spline, xb, theta)
+        (y, ld), pull = vjp(lambda x, t: _spline(x, t, *ctx.spline), xb, theta)
         one, zero = torch.ones_like(y), torch.zeros_like(y)
         y_x, y_theta = pull((one, zero))
         ld_x, ld_theta = pull((zero, one))
