@@ -1,0 +1,134 @@
+"""The Lorenz side-study tools: per-point gradients, encoder Jacobians and the left-out sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from benchmarks.paper.lorenz_errors import (
+    encoder_top_singular_values,
+    reconstruction_gradient_norms,
+    split_errors,
+)
+from benchmarks.paper.lorenz_seam import VARIANTS, kept
+from mflows import make_model
+
+
+class _Projection(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the pure tensor functions behind project() (project() checks its input on the host,
+        # which vmap cannot trace)
+        return self.model._decode(self.model._encode(x, None), None)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = make_model(
+        "mflow", 3, 2, outer_layers=2, inner_layers=1, hidden_features=16, identity_init=False
+    )
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def points():
+    return torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+
+
+def test_gradient_norms_match_per_sample_gradients_from_torch_func(model, points):
+    names = [n for n, p in model.named_parameters()]
+    manifold = {id(p) for p in model.manifold_parameters()}
+    params = {n: p.detach() for n, p in model.named_parameters() if id(p) in manifold}
+    others = {n: p.detach() for n, p in model.named_parameters() if id(p) not in manifold}
+    assert params and len(params) + len(others) == len(names)
+
+    projection = _Projection(model)
+
+    def loss(p, x):
+        weights = {f"model.{k}": v for k, v in {**p, **others}.items()}
+        projected = functional_call(projection, weights, (x[None],))
+        return (x[None] - projected).square().sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, points)
+    expected = torch.sqrt(
+        sum(g.square().sum(dim=tuple(range(1, g.dim()))) for g in per_sample.values())
+    )
+    got = reconstruction_gradient_norms(model, points)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4)
+    assert np.ptp(got) > 0
+
+
+def test_encoder_singular_values_match_finite_differences(model, points):
+    got = encoder_top_singular_values(model, points)
+    h = 1e-3
+    for xi, top in zip(points.double(), got):
+        cols = []
+        for k in range(3):
+            e = torch.zeros(3, dtype=torch.float64)
+            e[k] = h
+            with torch.no_grad():
+                up = model.double().encode((xi + e)[None])[0]
+                down = model.encode((xi - e)[None])[0]
+            cols.append((up - down) / (2 * h))
+        model.float()
+        jac = torch.stack(cols, dim=-1)
+        assert jac.shape == (2, 3)
+        assert top == pytest.approx(float(torch.linalg.matrix_norm(jac, ord=2)), rel=1e-3)
+
+
+def test_split_errors_bins_cover_every_point(model):
+    x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    r = split_errors(model, x, gradient_points=20)
+    assert sum(row["points"] for row in r["by_abs_x0"]) == 50
+    assert sum(row["points"] for row in r["gradient_by_abs_x0"]) == 20
+    with torch.no_grad():
+        xt = torch.as_tensor(x)
+        direct = (xt - model.project(xt)).norm(dim=-1).mean().item()
+    assert r["mean_reconstruction_error"] == pytest.approx(direct, rel=1e-5)
+    assert 0 < r["share_of_squared_gradient_norm_in_top_1_percent"] <= 1
+
+
+def test_left_out_sets():
+    x = np.random.default_rng(0).normal(scale=0.8, size=(20000, 3))
+    a = np.abs(x[:, 0])
+    assert kept(x, "none", 0).all()
+    seam = kept(x, "seam", 0)
+    assert not seam[a < 0.3].any() and seam[a >= 0.3].all()
+    band = kept(x, "band", 0)
+    lo, hi = VARIANTS["band"]
+    assert not band[(a >= lo) & (a < hi)].any() and band[(a < lo) | (a >= hi)].all()
+    random = kept(x, "random", 0)
+    assert abs(random.mean() - seam.mean()) < 0.02  # the same share, anywhere
+    assert random[a < 0.3].mean() > 0.5
+    assert not np.array_equal(random, kept(x, "random", 1))
+
+
+def test_summary_table_lists_every_stored_run(tmp_path):
+    import json
+
+    from benchmarks.paper.lorenz_seam import summary
+
+    bins = [
+        {"from": lo, "to": hi, "points": 10, "mean_reconstruction_error": err}
+        for lo, hi, err in [(0, 0.1, 0.4), (0.1, 0.3, 0.2), (0.3, 0.6, 0.1), (0.6, 1, 0.05)]
+    ]
+    for variant, seed in [("none", 0), ("seam", 1)]:
+        record = {
+            "variant": variant,
+            "seed": seed,
+            "n_train_kept": 5,
+            "history": [{"val_mse": 0.5, "gradient_norm_max": 7.0}],
+            "test": {"mean_reconstruction_error": 0.1875, "by_abs_x0": bins},
+        }
+        (tmp_path / f"{variant}-seed{seed}.json").write_text(json.dumps(record))
+    rows = summary(tmp_path).splitlines()[2:]
+    assert [r.split(" | ")[0:2] for r in rows] == [["| none", "0"], ["| seam", "1"]]
+    # the two bins below 0.3 merge into their point-weighted mean
+    assert rows[0].endswith("| 0.1875 / 0.3000 / 0.1000 / 0.0500 |")
