@@ -657,3 +657,32 @@ def test_validation_batches(power, monkeypatch, losses, factor):
             whole = real(model, val[0], None, None, losses, {})
         for name in losses:
             assert record[f"val_{name}"] == pytest.approx(float(whole[name]), rel=1e-5)
+
+
+def test_history_records_the_gradient_norms_of_the_steps(power):
+    # one batch per epoch, so an epoch has one step and its gradient norm is that of the loss at
+    # the starting weights, computed here independently with autograd (no data-aware start, no
+    # standardisation, no validation split: the trainer sees the model and data as given)
+    x = power.x[:8]
+    options = dict(epochs=1, batch_size=8, clip=None, progress=False, validation_split=0.0)
+    history = fit(tiny("af"), x, data_init=False, standardize=False, **options)
+    reference = tiny("af")
+    loss = -reference.log_prob(torch.as_tensor(x, dtype=torch.float32)).mean()
+    grads = torch.autograd.grad(loss, [p for p in reference.parameters() if p.requires_grad])
+    expected = float(torch.sqrt(sum(g.square().sum() for g in grads)))
+    record = history.records[0]
+    assert record["gradient_norm_max"] == pytest.approx(expected, rel=1e-5)
+    assert record["gradient_norm_median"] == record["gradient_norm_max"]
+    # several steps: the median lies below the largest norm, and clipping does not change them
+    many = fit(tiny("af"), power.x, epochs=1, batch_size=10, clip=1e-3, progress=False)
+    record = many.records[0]
+    assert 0 < record["gradient_norm_median"] < record["gradient_norm_max"]
+    assert record["gradient_norm_median"] > 1e-3
+
+
+def test_alternating_epochs_record_one_gradient_norm_pair_per_phase(power):
+    history = fit(tiny("mflow"), power.x, algorithm="alternating", epochs=1, **COMMON)
+    record = history.records[0]
+    for phase in ("manifold", "density"):
+        assert record[f"gradient_norm_median_{phase}"] <= record[f"gradient_norm_max_{phase}"]
+    assert "gradient_norm_max" not in record

@@ -305,6 +305,31 @@ class _EpochLog:
         n_batches = len({b for b, *_ in self.rows})
         return {k: v / max(n_batches, 1) for k, v in sums.items()}
 
+    def gradient_norms(self) -> dict[str, float]:
+        """Median and largest gradient norm (before clipping) of the epoch's steps.
+
+        Keys ``gradient_norm_median`` and ``gradient_norm_max``; with several phases in the
+        epoch, one pair per phase (``gradient_norm_max_<phase>``), as their scales differ. A
+        largest norm far above the median marks steps that single points dominate.
+        """
+        by_phase: dict[str, list[Tensor]] = {}
+        for _, phase, names, row in self.rows:
+            by_phase.setdefault(phase.name, []).append(row[names.index("gradient_norm")])
+        out: dict[str, float] = {}
+        for name, norms in by_phase.items():
+            median, largest = _median_and_max(torch.stack(norms))
+            suffix = "" if len(by_phase) == 1 else f"_{name}"
+            out[f"gradient_norm_median{suffix}"] = median
+            out[f"gradient_norm_max{suffix}"] = largest
+        return out
+
+
+def _median_and_max(values: Tensor) -> tuple[float, float]:
+    """One host read for both (``quantile`` rather than ``median``: the mean of the middle two)."""
+    values = values.to(torch.float64)
+    both = torch.stack([values.quantile(0.5), values.max()]).tolist()
+    return both[0], both[1]
+
 
 class Trainer:
     """Runs a :class:`~mflows.training.phases.Schedule` on a model.
@@ -601,6 +626,7 @@ class Trainer:
             "phases": "+".join(p.name for p in phases),
         }
         record.update(log.means())
+        record.update(log.gradient_norms())
         record["val_loss"] = math.nan
         return record
 
