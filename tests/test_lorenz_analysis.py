@@ -129,6 +129,35 @@ def test_summary_table_lists_every_stored_run(tmp_path):
         }
         (tmp_path / f"{variant}-seed{seed}.json").write_text(json.dumps(record))
     rows = summary(tmp_path).splitlines()[2:]
-    assert [r.split(" | ")[0:2] for r in rows] == [["| none", "0"], ["| seam", "1"]]
+    assert [r.split(" | ")[0:3] for r in rows] == [
+        ["| none", "trainer", "0"],
+        ["| seam", "trainer", "1"],
+    ]
     # the two bins below 0.3 merge into their point-weighted mean
     assert rows[0].endswith("| 0.1875 / 0.3000 / 0.1000 / 0.0500 |")
+
+
+def test_plain_loop_trains_only_the_manifold_and_reports_every_epoch():
+    from types import SimpleNamespace
+
+    from benchmarks.paper.lorenz_seam import plain_loop
+
+    torch.manual_seed(0)
+    m = make_model("mflow", 3, 2, outer_layers=2, inner_layers=1, hidden_features=16)
+    inner = {k: v.clone() for k, v in m.inner.state_dict().items()}
+    outer = {k: v.clone() for k, v in m.outer.state_dict().items()}
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(400, 2))
+    x = np.c_[u, 0.3 * u[:, 0] ** 2].astype(np.float32)  # a curved surface
+    training = SimpleNamespace(
+        lr=3e-3, weight_decay=0.0, clip=5.0, batch_size=50, validation_split=0.1, epochs=20
+    )
+    seen = []
+    plain_loop(
+        m, x, SimpleNamespace(training=training), 4, 0, lambda e, r, n: seen.append((e, r, n))
+    )
+    assert [e for e, _, _ in seen] == [1, 2, 3, 4]
+    assert all(len(n) == 360 // 50 for _, _, n in seen)
+    assert seen[-1][1]["val_mse"] < seen[0][1]["val_mse"]
+    assert all(torch.equal(v, m.inner.state_dict()[k]) for k, v in inner.items())
+    assert any(not torch.equal(v, m.outer.state_dict()[k]) for k, v in outer.items())

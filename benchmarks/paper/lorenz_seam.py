@@ -66,8 +66,46 @@ class _Stop(Exception):
     pass
 
 
-def run(variant: str, seed: int, epochs: int) -> dict:
-    """Trains the manifold stage for ``epochs`` epochs; returns the result record."""
+def plain_loop(model, x: np.ndarray, config, epochs: int, seed: int, on_epoch) -> None:
+    """The manifold stage written as a plain PyTorch loop, independent of mflows' trainer.
+
+    AdamW with the configuration's learning rate and weight decay, the cosine schedule over the
+    stage's 50 epochs, gradient-norm clipping, the same batch size and validation share; only
+    the split and the batch order differ from the trainer's. Calls ``on_epoch(epoch, record,
+    norms)`` after every epoch.
+    """
+    t = config.training
+    gen = torch.Generator().manual_seed(seed)
+    data = torch.as_tensor(x, dtype=torch.float32)
+    order = torch.randperm(len(data), generator=gen)
+    n_val = round(t.validation_split * len(data))
+    val, train = data[order[:n_val]], data[order[n_val:]]
+    params = [p for p in model.manifold_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    steps = len(train) // t.batch_size
+    stage_epochs = t.epochs // 2  # the sequential scheme's manifold half
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=stage_epochs * steps)
+    for epoch in range(1, epochs + 1):
+        batches = torch.randperm(len(train), generator=gen)
+        losses, norms = [], []
+        for i in range(steps):
+            xb = train[batches[i * t.batch_size : (i + 1) * t.batch_size]]
+            opt.zero_grad()
+            loss = (xb - model.project(xb)).square().sum(-1).mean()
+            loss.backward()
+            norms.append(float(torch.nn.utils.clip_grad_norm_(params, t.clip)))
+            opt.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+        with torch.no_grad():
+            val_mse = float((val - model.project(val)).square().sum(-1).mean())
+        on_epoch(epoch, {"train_mse": float(np.mean(losses)), "val_mse": val_mse}, norms)
+
+
+def run(variant: str, seed: int, epochs: int, loop: str = "trainer") -> dict:
+    """Trains the manifold stage for ``epochs`` epochs; returns the result record.
+
+    ``loop``: ``"trainer"`` (mflows' ``fit``) or ``"plain"`` (:func:`plain_loop`)."""
     import mflows.training.trainer as trainer
     from mflows.experiments.build import build_model, fit_options, get_dataset, load_split
     from mflows.experiments.config import apply_overrides, load_config
@@ -91,8 +129,8 @@ def run(variant: str, seed: int, epochs: int) -> dict:
     records: list[dict] = []
     start = time.perf_counter()
 
-    def callback(epoch: int, record: dict) -> None:
-        steps = np.asarray(norms)
+    def callback(epoch: int, record: dict, step_norms: list[float] | None = None) -> None:
+        steps = np.asarray(norms if step_norms is None else step_norms)
         norms.clear()
         row = {k: v for k, v in record.items() if isinstance(v, (int, float))}
         row["gradient_norm_percentiles_50_90_99"] = np.percentile(steps, [50, 90, 99]).tolist()
@@ -109,13 +147,19 @@ def run(variant: str, seed: int, epochs: int) -> dict:
         if epoch >= epochs:
             raise _Stop
 
-    trainer._clip_gradients = recording_clip
-    try:
-        fit(model, x[mask], progress=False, callback=callback, **fit_options(config.training))
-    except _Stop:
-        pass
-    finally:
-        trainer._clip_gradients = clip
+    if loop == "plain":
+        try:
+            plain_loop(model, x[mask], config, epochs, seed, callback)
+        except _Stop:
+            pass
+    else:
+        trainer._clip_gradients = recording_clip
+        try:
+            fit(model, x[mask], progress=False, callback=callback, **fit_options(config.training))
+        except _Stop:
+            pass
+        finally:
+            trainer._clip_gradients = clip
     # every variant scored on the same fresh points, split by |x_0|
     test = np.asarray(dataset.sample(TEST_POINTS, seed=TEST_SEED), dtype=np.float32)
     model.eval()
@@ -124,6 +168,7 @@ def run(variant: str, seed: int, epochs: int) -> dict:
         "experiment": "lorenz-seam",
         "config": CONFIG,
         "variant": variant,
+        "loop": loop,
         "left_out": VARIANTS[variant],
         "seed": seed,
         "epochs": epochs,
@@ -140,9 +185,10 @@ def run(variant: str, seed: int, epochs: int) -> dict:
 def summary(root: Path) -> str:
     """A markdown table of the stored runs under ``root``."""
     lines = [
-        "| left out | seed | kept | val MSE by epoch (kept points) | largest step gradient norm "
+        "| left out | loop | seed | kept | val MSE by epoch (kept points) "
+        "| largest step gradient norm "
         "| test reco. error: all / \\|x0\\| < 0.3 / 0.3-0.6 / 0.6-1.0 / 1.0-1.5 / >= 1.5 |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for path in sorted(root.glob("*-seed*.json")):
         r = json.loads(path.read_text())
@@ -158,9 +204,8 @@ def summary(root: Path) -> str:
             b["mean_reconstruction_error"] for b in bins[2:]
         ]
         lines.append(
-            f"| {r['variant']} | {r['seed']} | {r['n_train_kept']} | {val} | {top:.3g} | "
-            + " / ".join(f"{c:.4f}" for c in cells)
-            + " |"
+            f"| {r['variant']} | {r.get('loop', 'trainer')} | {r['seed']} | {r['n_train_kept']} "
+            f"| {val} | {top:.3g} | " + " / ".join(f"{c:.4f}" for c in cells) + " |"
         )
     return "\n".join(lines)
 
@@ -170,6 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["none", "seam"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument(
+        "--loop",
+        choices=["trainer", "plain"],
+        default="trainer",
+        help="mflows' trainer, or the same stage as a plain PyTorch loop (a check of the trainer)",
+    )
     parser.add_argument("--root", default="benchmarks/results/paper-lorenz/seam")
     parser.add_argument(
         "--summary", action="store_true", help="print the stored runs as a table and stop"
@@ -182,11 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     for seed in args.seeds:
         for variant in args.variants:
-            out = root / f"{variant}-seed{seed}.json"
+            tag = variant if args.loop == "trainer" else f"{variant}-{args.loop}"
+            out = root / f"{tag}-seed{seed}.json"
             if out.exists():
                 print(f"{out}: done, skipped")
                 continue
-            record = run(variant, seed, args.epochs)
+            record = run(variant, seed, args.epochs, args.loop)
             out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(out, json.dumps(record, indent=2) + "\n")
             test = record["test"]
