@@ -59,6 +59,10 @@ def _assert_same_history(h1, h2, rel=1e-4):
         assert r1["epoch"] == r2["epoch"] and r1["phases"] == r2["phases"]
         for key in ("train_loss", "val_loss", "lr"):
             assert r1[key] == pytest.approx(r2[key], rel=rel, abs=1e-6), key
+        norms = [key for key in r1 if key.startswith("gradient_norm")]
+        assert norms and set(norms) == {key for key in r2 if key.startswith("gradient_norm")}
+        for key in norms:
+            assert r1[key] == pytest.approx(r2[key], rel=10 * rel), key
 
 
 def test_single_member_equals_fit():

@@ -45,7 +45,12 @@ from mflows.training.fitting import _as_data, _check_options, _set_standardizati
 from mflows.training.history import History
 from mflows.training.options import check_float, check_int
 from mflows.training.phases import Phase, Schedule, Stage, check_algorithm, schedule_for
-from mflows.training.trainer import _epoch_seed, _phase_parameters, model_device
+from mflows.training.trainer import (
+    _epoch_seed,
+    _phase_parameters,
+    gradient_norm_summary,
+    model_device,
+)
 
 __all__ = ["ENSEMBLE_ALGORITHMS", "ENSEMBLE_LOSSES", "fit_ensemble"]
 
@@ -583,6 +588,14 @@ class _EnsembleRun:
                         active = [a and not b for a, b in zip(active, bad)]
             lr_now = [lr * _cosine(optimizers[0].t, total_steps[0]) for lr in self.base_lr]
             means = _means(rows, names_of, len(batches), k)
+            norms = gradient_norm_summary(
+                {
+                    stage.phases[i].name: torch.stack(rows[i])[
+                        :, :, names_of[i].index("gradient_norm")
+                    ]
+                    for i in indices
+                }
+            )
             vals = self._validate(stage, val) if val is not None else None
             elapsed = time.perf_counter() - tic
             improved = [False] * k
@@ -595,6 +608,7 @@ class _EnsembleRun:
                     "phases": "+".join(ph.name for ph in phases),
                 }
                 record.update(means[j])
+                record.update(norms[j])
                 record["val_loss"] = math.nan
                 if vals is not None:
                     record.update(vals[j])

@@ -64,7 +64,14 @@ from mflows.training.options import check_optimizer_options
 from mflows.training.phases import Phase, Schedule, Stage
 from mflows.training.state import EarlyStopping, TrainState
 
-__all__ = ["CHECK_EVERY", "History", "Trainer", "TrainingDivergedError", "compute_losses"]
+__all__ = [
+    "CHECK_EVERY",
+    "History",
+    "Trainer",
+    "TrainingDivergedError",
+    "compute_losses",
+    "gradient_norm_summary",
+]
 
 #: Steps between two host reads of the non-finite flag on devices other than the CPU.
 CHECK_EVERY = 32
@@ -306,29 +313,36 @@ class _EpochLog:
         return {k: v / max(n_batches, 1) for k, v in sums.items()}
 
     def gradient_norms(self) -> dict[str, float]:
-        """Median and largest gradient norm (before clipping) of the epoch's steps.
-
-        Keys ``gradient_norm_median`` and ``gradient_norm_max``; with several phases in the
-        epoch, one pair per phase (``gradient_norm_max_<phase>``), as their scales differ. A
-        largest norm far above the median marks steps that single points dominate.
-        """
+        """``gradient_norm_median`` / ``gradient_norm_max`` of the epoch's steps (see
+        :func:`gradient_norm_summary`)."""
         by_phase: dict[str, list[Tensor]] = {}
         for _, phase, names, row in self.rows:
             by_phase.setdefault(phase.name, []).append(row[names.index("gradient_norm")])
-        out: dict[str, float] = {}
-        for name, norms in by_phase.items():
-            median, largest = _median_and_max(torch.stack(norms))
-            suffix = "" if len(by_phase) == 1 else f"_{name}"
-            out[f"gradient_norm_median{suffix}"] = median
-            out[f"gradient_norm_max{suffix}"] = largest
-        return out
+        return gradient_norm_summary({k: torch.stack(v)[:, None] for k, v in by_phase.items()})[0]
 
 
-def _median_and_max(values: Tensor) -> tuple[float, float]:
-    """One host read for both (``quantile`` rather than ``median``: the mean of the middle two)."""
-    values = values.to(torch.float64)
-    both = torch.stack([values.quantile(0.5), values.max()]).tolist()
-    return both[0], both[1]
+def gradient_norm_summary(norms: Mapping[str, Tensor]) -> list[dict[str, float]]:
+    """Median and largest gradient norm (before clipping) of one epoch's steps, per model.
+
+    Args:
+        norms: phase name -> ``(steps, K)`` gradient norms of K models trained side by side.
+
+    Returns:
+        One dict per model with ``gradient_norm_median`` and ``gradient_norm_max``; with several
+        phases in the epoch, one pair per phase (``gradient_norm_max_<phase>``), as their scales
+        differ. A largest norm far above the median marks steps that a few points dominate.
+    """
+    out: list[dict[str, float]] | None = None
+    for name, values in norms.items():
+        values = values.to(torch.float64)
+        # one host read for both (quantile rather than median: the mean of the middle two)
+        median, largest = torch.stack([values.quantile(0.5, dim=0), values.amax(dim=0)]).tolist()
+        out = out or [{} for _ in median]
+        suffix = "" if len(norms) == 1 else f"_{name}"
+        for j, member in enumerate(out):
+            member[f"gradient_norm_median{suffix}"] = median[j]
+            member[f"gradient_norm_max{suffix}"] = largest[j]
+    return out or []
 
 
 class Trainer:
