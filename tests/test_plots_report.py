@@ -212,3 +212,42 @@ def test_learned_manifold_plot_of_a_gpu_model(tmp_path):
     model = mflows.make_model("mflow", 3, 2, outer_layers=2, inner_layers=1, seed=0).to("cuda")
     path = plot_learned_manifold(model, tmp_path / "gpu.png", resolution=8)
     assert path.exists() and path.stat().st_size > 0
+
+
+def test_training_panels_group_the_gradient_norms():
+    from mflows.evaluation.plots import training_panels
+
+    ones = np.ones(3)
+    data = {
+        "epoch": np.arange(3.0),
+        "train_mse": ones,
+        "val_mse": ones,
+        "gradient_norm_median": ones,
+        "gradient_norm_max": ones,
+        "gradient_norm_median_manifold": ones,
+        "gradient_norm_max_manifold": ones,
+        "gradient_norm_max_density": ones,
+        "lr": ones,
+        "val_loss": np.full(3, np.nan),
+        "time": ones,
+    }
+    panels = training_panels(data, "epoch", skip=("time",))
+    assert {k: sorted(v) for k, v in panels.items()} == {
+        "mse": ["train_mse", "val_mse"],
+        "gradient_norm": ["gradient_norm_max", "gradient_norm_median"],
+        "gradient_norm_manifold": ["gradient_norm_max_manifold", "gradient_norm_median_manifold"],
+        "gradient_norm_density": ["gradient_norm_max_density"],
+        "lr": ["lr"],
+    }
+
+
+def test_training_curves_of_a_real_fit_show_the_gradient_norms(tmp_path):
+    import mflows
+    from mflows.evaluation.plots import read_history, training_panels
+
+    power = mflows.data.get("power").load("train", n=60, seed=0)
+    model = mflows.make_model("mflow", 3, 2, outer_layers=1, inner_layers=1, hidden_features=8)
+    history = mflows.fit(model, power.x, algorithm="alternating", epochs=2, progress=False)
+    panels = training_panels(read_history(history), "epoch")
+    assert {"gradient_norm_manifold", "gradient_norm_density"} <= set(panels)
+    assert plot_training_curves(history, tmp_path / "curves.png").stat().st_size > 0

@@ -30,6 +30,7 @@ __all__ = [
     "plot_samples",
     "plot_training_curves",
     "read_history",
+    "training_panels",
 ]
 
 _DPI = 100
@@ -92,6 +93,30 @@ def _as_float(value: Any) -> float:
         return float("nan")
 
 
+def training_panels(
+    data: Mapping[str, np.ndarray], x_key: str | None, skip: Sequence[str] = ()
+) -> dict[str, dict[str, np.ndarray]]:
+    """Groups the columns of a history into panels: ``panel -> {column: values}``.
+
+    ``train_<term>`` and ``val_<term>`` share the panel ``<term>``; the median and largest
+    gradient norm share ``gradient_norm`` (``gradient_norm_<phase>`` per phase); every other
+    column with a finite value gets its own panel.
+    """
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for name, values in data.items():
+        if name == x_key or name in skip or not np.isfinite(values).any():
+            continue
+        if name.startswith(("train_", "val_")):
+            term = name.split("_", 1)[1]
+        elif name.startswith(("gradient_norm_median", "gradient_norm_max")):
+            phase = name.removeprefix("gradient_norm_").split("_", 1)[1:]
+            term = "_".join(["gradient_norm", *phase])
+        else:
+            term = name
+        groups.setdefault(term, {})[name] = values
+    return groups
+
+
 def plot_training_curves(
     history: Any,
     path: str | os.PathLike,
@@ -102,7 +127,9 @@ def plot_training_curves(
     """Plots the numeric columns of a training history against epochs (or steps).
 
     Columns ``train_<term>`` and ``val_<term>`` share one panel per term (``loss``, ``nll``,
-    ``reconstruction``, ...); every other numeric column (e.g. ``lr``) gets its own panel.
+    ``reconstruction``, ...), the median and largest gradient norm of the steps share one
+    (per phase), and every other numeric column (e.g. ``lr``) gets its own panel
+    (:func:`training_panels`).
     A panel uses a log scale when all its values are positive.
 
     Args:
@@ -117,13 +144,7 @@ def plot_training_curves(
         x_key = next((k for k in ("epoch", "step", "iteration") if k in data), None)
     n = max((len(v) for v in data.values()), default=0)
     xs = np.asarray(data[x_key] if x_key is not None else np.arange(n))
-    groups: dict[str, dict[str, np.ndarray]] = {}
-    for name, values in data.items():
-        if name == x_key or name in skip or not np.isfinite(values).any():
-            continue
-        term = name.split("_", 1)[1] if name.startswith(("train_", "val_")) else name
-        groups.setdefault(term, {})[name] = values
-    panels = list(groups.items()) or [("(empty history)", {})]
+    panels = list(training_panels(data, x_key, skip).items()) or [("(empty history)", {})]
     cols = min(len(panels), 3)
     rows = math.ceil(len(panels) / cols)
     fig = _figure(4.5 * cols, 3.5 * rows)
@@ -136,7 +157,10 @@ def plot_training_curves(
         if finite.size and (finite > 0).all():
             ax.set_yscale("log")
         ax.set_xlabel(x_key or "row")
-        ax.set_ylabel(f"{term} (per batch, averaged over the epoch)")
+        if term.startswith("gradient_norm"):
+            ax.set_ylabel("step gradient norm (before clipping)")
+        else:
+            ax.set_ylabel(f"{term} (per batch, averaged over the epoch)")
         ax.set_title(term)
         if series:
             ax.legend(fontsize="small")
