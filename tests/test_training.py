@@ -686,3 +686,13 @@ def test_alternating_epochs_record_one_gradient_norm_pair_per_phase(power):
     for phase in ("manifold", "density"):
         assert record[f"gradient_norm_median_{phase}"] <= record[f"gradient_norm_max_{phase}"]
     assert "gradient_norm_max" not in record
+    # alternating by epoch: one phase an epoch, still named by phase (their scales differ)
+    history = fit(
+        tiny("mflow"), power.x, algorithm="alternating", epochs=2, alternate="epoch", **COMMON
+    )
+    first, second = history.records
+    names = {r["phases"]: {k for k in r if k.startswith("gradient_norm")} for r in (first, second)}
+    assert names == {
+        "manifold": {"gradient_norm_median_manifold", "gradient_norm_max_manifold"},
+        "density": {"gradient_norm_median_density", "gradient_norm_max_density"},
+    }

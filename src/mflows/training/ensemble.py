@@ -588,13 +588,11 @@ class _EnsembleRun:
                         active = [a and not b for a, b in zip(active, bad)]
             lr_now = [lr * _cosine(optimizers[0].t, total_steps[0]) for lr in self.base_lr]
             means = _means(rows, names_of, len(batches), k)
+            column = {i: names_of[i].index("gradient_norm") for i in indices}
             norms = gradient_norm_summary(
-                {
-                    stage.phases[i].name: torch.stack(rows[i])[
-                        :, :, names_of[i].index("gradient_norm")
-                    ]
-                    for i in indices
-                }
+                {stage.phases[i].name: torch.stack(rows[i])[:, :, column[i]] for i in indices},
+                k,
+                per_phase=len(stage.phases) > 1,
             )
             vals = self._validate(stage, val) if val is not None else None
             elapsed = time.perf_counter() - tic

@@ -312,37 +312,41 @@ class _EpochLog:
         n_batches = len({b for b, *_ in self.rows})
         return {k: v / max(n_batches, 1) for k, v in sums.items()}
 
-    def gradient_norms(self) -> dict[str, float]:
+    def gradient_norms(self, per_phase: bool) -> dict[str, float]:
         """``gradient_norm_median`` / ``gradient_norm_max`` of the epoch's steps (see
         :func:`gradient_norm_summary`)."""
         by_phase: dict[str, list[Tensor]] = {}
         for _, phase, names, row in self.rows:
             by_phase.setdefault(phase.name, []).append(row[names.index("gradient_norm")])
-        return gradient_norm_summary({k: torch.stack(v)[:, None] for k, v in by_phase.items()})[0]
+        norms = {k: torch.stack(v)[:, None] for k, v in by_phase.items()}
+        return gradient_norm_summary(norms, 1, per_phase)[0]
 
 
-def gradient_norm_summary(norms: Mapping[str, Tensor]) -> list[dict[str, float]]:
+def gradient_norm_summary(
+    norms: Mapping[str, Tensor], k: int, per_phase: bool
+) -> list[dict[str, float]]:
     """Median and largest gradient norm (before clipping) of one epoch's steps, per model.
 
     Args:
-        norms: phase name -> ``(steps, K)`` gradient norms of K models trained side by side.
+        norms: phase name -> ``(steps, k)`` gradient norms of k models trained side by side.
+        k: number of models.
+        per_phase: name the keys by phase (``gradient_norm_max_<phase>``), for stages with
+            several phases, whose gradients have different scales.
 
     Returns:
-        One dict per model with ``gradient_norm_median`` and ``gradient_norm_max``; with several
-        phases in the epoch, one pair per phase (``gradient_norm_max_<phase>``), as their scales
-        differ. A largest norm far above the median marks steps that a few points dominate.
+        One dict per model with ``gradient_norm_median`` and ``gradient_norm_max`` (per phase
+        if asked). A largest norm far above the median marks steps that a few points dominate.
     """
-    out: list[dict[str, float]] | None = None
+    out: list[dict[str, float]] = [{} for _ in range(k)]
     for name, values in norms.items():
         values = values.to(torch.float64)
         # one host read for both (quantile rather than median: the mean of the middle two)
         median, largest = torch.stack([values.quantile(0.5, dim=0), values.amax(dim=0)]).tolist()
-        out = out or [{} for _ in median]
-        suffix = "" if len(norms) == 1 else f"_{name}"
+        suffix = f"_{name}" if per_phase else ""
         for j, member in enumerate(out):
             member[f"gradient_norm_median{suffix}"] = median[j]
             member[f"gradient_norm_max{suffix}"] = largest[j]
-    return out or []
+    return out
 
 
 class Trainer:
@@ -640,7 +644,7 @@ class Trainer:
             "phases": "+".join(p.name for p in phases),
         }
         record.update(log.means())
-        record.update(log.gradient_norms())
+        record.update(log.gradient_norms(per_phase=len(stage.phases) > 1))
         record["val_loss"] = math.nan
         return record
 
