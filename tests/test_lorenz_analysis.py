@@ -161,3 +161,18 @@ def test_plain_loop_trains_only_the_manifold_and_reports_every_epoch():
     assert seen[-1][1]["val_mse"] < seen[0][1]["val_mse"]
     assert all(torch.equal(v, m.inner.state_dict()[k]) for k, v in inner.items())
     assert any(not torch.equal(v, m.outer.state_dict()[k]) for k, v in outer.items())
+
+
+def test_pseudo_huber_is_the_squared_error_for_small_errors_and_linear_for_large():
+    from benchmarks.paper.lorenz_seam import pseudo_huber
+
+    e = torch.tensor([1e-8, 1e-6, 4.0, 100.0], dtype=torch.float64)
+    assert torch.equal(pseudo_huber(e, None), e)
+    got = pseudo_huber(e, 0.05)
+    assert got[:2] == pytest.approx(e[:2].numpy(), rel=1e-3)
+    # large errors: 2 delta |r| - 2 delta^2 in the distance r = sqrt(e)
+    assert got[2:] == pytest.approx((2 * 0.05 * e[2:].sqrt() - 2 * 0.05**2).numpy(), rel=1e-3)
+    # a point's gradient in its distance r is bounded by 2 delta
+    r = torch.tensor([0.01, 1.0, 100.0], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(pseudo_huber(r.square(), 0.05).sum(), r)
+    assert bool((g <= 2 * 0.05 + 1e-12).all()) and g[-1] == pytest.approx(0.1, rel=1e-3)

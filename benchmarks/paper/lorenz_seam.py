@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from benchmarks.paper.experiments import config_dir
 from benchmarks.paper.lorenz_errors import split_errors
@@ -66,13 +67,25 @@ class _Stop(Exception):
     pass
 
 
-def plain_loop(model, x: np.ndarray, config, epochs: int, seed: int, on_epoch) -> None:
+def pseudo_huber(squared_error: Tensor, delta: float | None) -> Tensor:
+    """``2 delta^2 (sqrt(1 + e / delta^2) - 1)`` of each squared error ``e``: ``e`` for small
+    errors, ``2 delta sqrt(e)`` for large ones, so one far-off point cannot dominate a step;
+    ``delta=None`` is the squared error itself."""
+    if delta is None:
+        return squared_error
+    return 2 * delta**2 * (torch.sqrt(1 + squared_error / delta**2) - 1)
+
+
+def plain_loop(
+    model, x: np.ndarray, config, epochs: int, seed: int, on_epoch, huber: float | None = None
+) -> None:
     """The manifold stage written as a plain PyTorch loop, independent of mflows' trainer.
 
     AdamW with the configuration's learning rate and weight decay, the cosine schedule over the
     stage's 50 epochs, gradient-norm clipping, the same batch size and validation share; only
     the split and the batch order differ from the trainer's. Calls ``on_epoch(epoch, record,
-    norms)`` after every epoch.
+    norms)`` after every epoch. ``huber``: train on :func:`pseudo_huber` of each point's squared
+    error instead (the records keep the plain MSE).
     """
     t = config.training
     gen = torch.Generator().manual_seed(seed)
@@ -91,18 +104,22 @@ def plain_loop(model, x: np.ndarray, config, epochs: int, seed: int, on_epoch) -
         for i in range(steps):
             xb = train[batches[i * t.batch_size : (i + 1) * t.batch_size]]
             opt.zero_grad()
-            loss = (xb - model.project(xb)).square().sum(-1).mean()
+            squared = (xb - model.project(xb)).square().sum(-1)
+            loss = pseudo_huber(squared, huber).mean()
+            mse = squared.detach().mean()
             loss.backward()
             norms.append(float(torch.nn.utils.clip_grad_norm_(params, t.clip)))
             opt.step()
             schedule.step()
-            losses.append(float(loss.detach()))
+            losses.append(float(mse))
         with torch.no_grad():
             val_mse = float((val - model.project(val)).square().sum(-1).mean())
         on_epoch(epoch, {"train_mse": float(np.mean(losses)), "val_mse": val_mse}, norms)
 
 
-def run(variant: str, seed: int, epochs: int, loop: str = "trainer") -> dict:
+def run(
+    variant: str, seed: int, epochs: int, loop: str = "trainer", huber: float | None = None
+) -> dict:
     """Trains the manifold stage for ``epochs`` epochs; returns the result record.
 
     ``loop``: ``"trainer"`` (mflows' ``fit``) or ``"plain"`` (:func:`plain_loop`)."""
@@ -149,7 +166,7 @@ def run(variant: str, seed: int, epochs: int, loop: str = "trainer") -> dict:
 
     if loop == "plain":
         try:
-            plain_loop(model, x[mask], config, epochs, seed, callback)
+            plain_loop(model, x[mask], config, epochs, seed, callback, huber)
         except _Stop:
             pass
     else:
@@ -169,6 +186,7 @@ def run(variant: str, seed: int, epochs: int, loop: str = "trainer") -> dict:
         "config": CONFIG,
         "variant": variant,
         "loop": loop,
+        "huber": huber,
         "left_out": VARIANTS[variant],
         "seed": seed,
         "epochs": epochs,
@@ -180,6 +198,12 @@ def run(variant: str, seed: int, epochs: int, loop: str = "trainer") -> dict:
         "test": scores,
         "history": records,
     }
+
+
+def _loop_label(record: dict) -> str:
+    loop = record.get("loop", "trainer")
+    huber = record.get("huber")
+    return loop if huber is None else f"{loop}, pseudo-Huber {huber:g}"
 
 
 def summary(root: Path) -> str:
@@ -204,7 +228,7 @@ def summary(root: Path) -> str:
             b["mean_reconstruction_error"] for b in bins[2:]
         ]
         lines.append(
-            f"| {r['variant']} | {r.get('loop', 'trainer')} | {r['seed']} | {r['n_train_kept']} "
+            f"| {r['variant']} | {_loop_label(r)} | {r['seed']} | {r['n_train_kept']} "
             f"| {val} | {top:.3g} | " + " / ".join(f"{c:.4f}" for c in cells) + " |"
         )
     return "\n".join(lines)
@@ -225,7 +249,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--summary", action="store_true", help="print the stored runs as a table and stop"
     )
+    parser.add_argument(
+        "--huber",
+        type=float,
+        default=None,
+        help="plain loop only: train on the pseudo-Huber loss of each point's error, this delta",
+    )
     args = parser.parse_args(argv)
+    if args.huber is not None and args.loop != "plain":
+        parser.error("--huber needs --loop plain")
     torch.set_num_threads(1)
     root = Path(args.root)
     if args.summary:
@@ -234,11 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in args.seeds:
         for variant in args.variants:
             tag = variant if args.loop == "trainer" else f"{variant}-{args.loop}"
+            if args.huber is not None:
+                tag += f"-huber{args.huber:g}"
             out = root / f"{tag}-seed{seed}.json"
             if out.exists():
                 print(f"{out}: done, skipped")
                 continue
-            record = run(variant, seed, args.epochs, args.loop)
+            record = run(variant, seed, args.epochs, args.loop, args.huber)
             out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(out, json.dumps(record, indent=2) + "\n")
             test = record["test"]
