@@ -12,12 +12,20 @@ every variant's model is scored on the same fresh attractor points (reconstructi
 - ``band``: the points with 0.6 <= |x_0| < 1.1, about as many, inside the lobes;
 - ``random``: the same share of points, chosen at random.
 
-One JSON file per (variant, seed) under ``--root``; finished files are skipped.
+``--loop plain`` runs the same stage as a plain PyTorch loop instead of mflows' trainer (a check
+that the trainer is not the cause), and ``--huber DELTA`` trains that loop on a pseudo-Huber loss
+of each point's distance (a robust loss as a remedy).
+
+One JSON file per run under ``--root``; finished files are skipped; ``--summary`` prints them as
+a table.
 
 Usage (from the repository root)::
 
     python -m benchmarks.paper.lorenz_seam --variants none seam band random --seeds 0 1 \\
-        --epochs 8 --root benchmarks/results/paper-lorenz/seam
+        --epochs 10 --root benchmarks/results/paper-lorenz/seam
+    python -m benchmarks.paper.lorenz_seam --variants none --seeds 0 1 --epochs 10 \\
+        --loop plain --huber 0.05
+    python -m benchmarks.paper.lorenz_seam --summary
 """
 
 from __future__ import annotations
@@ -238,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.paper.lorenz_seam")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["none", "seam"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument(
         "--loop",
         choices=["trainer", "plain"],
