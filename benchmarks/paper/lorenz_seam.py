@@ -62,12 +62,12 @@ TEST_SEED = 7
 
 def kept(x: np.ndarray, variant: str, seed: int) -> np.ndarray:
     """Boolean mask of the training points ``variant`` keeps."""
-    a = np.abs(x[:, 0])
     bounds = VARIANTS[variant]
     if bounds is not None:
         lo, hi = bounds
+        a = np.abs(x[:, 0])
         return ~((a >= lo) & (a < hi))
-    share = ((a >= 0.0) & (a < VARIANTS["seam"][1])).mean()
+    share = 1 - kept(x, "seam", seed).mean()
     return np.random.default_rng([seed, 2024]).random(len(x)) >= share
 
 

@@ -587,10 +587,14 @@ class _EnsembleRun:
                         self._diverged(bad, epoch, b + 1, len(batches), phase, names, row)
                         active = [a and not b for a, b in zip(active, bad)]
             lr_now = [lr * _cosine(optimizers[0].t, total_steps[0]) for lr in self.base_lr]
-            means = _means(rows, names_of, len(batches), k)
-            column = {i: names_of[i].index("gradient_norm") for i in indices}
+            # (steps, K, terms) per phase, stacked once for the means and the gradient norms
+            stacked = {i: torch.stack(r).to(torch.float64) for i, r in rows.items()}
+            means = _means(stacked, names_of, len(batches), k)
             norms = gradient_norm_summary(
-                {stage.phases[i].name: torch.stack(rows[i])[:, :, column[i]] for i in indices},
+                {
+                    stage.phases[i].name: steps[:, :, names_of[i].index("gradient_norm")]
+                    for i, steps in stacked.items()
+                },
                 k,
                 per_phase=len(stage.phases) > 1,
             )
@@ -746,12 +750,13 @@ def _cosine(t: int, total: int) -> float:
 
 
 def _means(
-    rows: dict[int, list[Tensor]], names_of: dict[int, list[str]], n_batches: int, k: int
+    stacked: dict[int, Tensor], names_of: dict[int, list[str]], n_batches: int, k: int
 ) -> list[dict[str, float]]:
-    """Per member: ``train_<term>`` (``train_loss`` for the total) averaged over the batches."""
+    """Per member: ``train_<term>`` (``train_loss`` for the total) averaged over the batches,
+    from each phase's ``(steps, K, terms)`` rows."""
     out: list[dict[str, float]] = [{} for _ in range(k)]
-    for i, phase_rows in rows.items():
-        totals = torch.stack(phase_rows).to(torch.float64).sum(0).tolist()
+    for i, steps in stacked.items():
+        totals = steps.sum(0).tolist()
         for j in range(k):
             for name, v in zip(names_of[i], totals[j]):
                 if name != "gradient_norm":

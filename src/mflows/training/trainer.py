@@ -297,29 +297,25 @@ class _EpochLog:
                 return b, phase, names, row.tolist()
         return None
 
-    def means(self) -> dict[str, float]:
-        """``train_<term>`` (``train_loss`` for the total) averaged over the batches."""
+    def summary(self, per_phase: bool) -> dict[str, float]:
+        """``train_<term>`` (``train_loss`` for the total) averaged over the batches, and the
+        median and largest gradient norm of the steps (:func:`gradient_norm_summary`)."""
         sums: dict[str, float] = {}
+        norms: dict[str, Tensor] = {}
         by_phase: dict[str, tuple[list[str], list[Tensor]]] = {}
         for _, phase, names, row in self.rows:
             by_phase.setdefault(phase.name, (names, []))[1].append(row)
-        for names, rows in by_phase.values():
-            total = torch.stack(rows).to(torch.float64).sum(0).tolist()
-            for k, v in zip(names, total):
+        for phase, (names, rows) in by_phase.items():
+            stacked = torch.stack(rows).to(torch.float64)  # (steps, terms)
+            norms[phase] = stacked[:, names.index("gradient_norm"), None]
+            for k, v in zip(names, stacked.sum(0).tolist()):
                 if k != "gradient_norm":
                     key = "train_loss" if k == "loss" else f"train_{k}"
                     sums[key] = sums.get(key, 0.0) + v
         n_batches = len({b for b, *_ in self.rows})
-        return {k: v / max(n_batches, 1) for k, v in sums.items()}
-
-    def gradient_norms(self, per_phase: bool) -> dict[str, float]:
-        """``gradient_norm_median`` / ``gradient_norm_max`` of the epoch's steps (see
-        :func:`gradient_norm_summary`)."""
-        by_phase: dict[str, list[Tensor]] = {}
-        for _, phase, names, row in self.rows:
-            by_phase.setdefault(phase.name, []).append(row[names.index("gradient_norm")])
-        norms = {k: torch.stack(v)[:, None] for k, v in by_phase.items()}
-        return gradient_norm_summary(norms, 1, per_phase)[0]
+        out = {k: v / max(n_batches, 1) for k, v in sums.items()}
+        out.update(gradient_norm_summary(norms, 1, per_phase)[0])
+        return out
 
 
 def gradient_norm_summary(
@@ -643,8 +639,7 @@ class Trainer:
             "stage": s,
             "phases": "+".join(p.name for p in phases),
         }
-        record.update(log.means())
-        record.update(log.gradient_norms(per_phase=len(stage.phases) > 1))
+        record.update(log.summary(per_phase=len(stage.phases) > 1))
         record["val_loss"] = math.nan
         return record
 
