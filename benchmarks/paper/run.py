@@ -9,7 +9,8 @@ Usage (from the repository root)::
 A finished run (its JSON in the store, same budget) is skipped; an interrupted run resumes from
 its last per-epoch checkpoint (bit-identical to an uninterrupted run); ``--max-minutes`` stops
 cleanly between epochs, before the next epoch would pass the limit, so the runner can be left in
-the background and restarted later with the same command. One torch thread per process.
+the background and restarted later with the same command. A run that another live runner holds
+is skipped. One torch thread per process.
 
 The protocol of each experiment is docs/protocol.md; the models are the paper's configurations
 in ``mflows/configs/`` (:mod:`benchmarks.paper.experiments`).
@@ -395,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from mflows.errors import MflowsError
+    from mflows.errors import MflowsError, RunLockedError
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
@@ -421,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in models:
             try:
                 status = run_one(store, exp, spec, seed, options)
+            except RunLockedError:  # another runner trains it; this one goes on to the next
+                _log(f"{exp.name}/{spec.name}-seed{seed}: in use by another runner, skipped")
+                status = "busy"
             except (MflowsError, ValueError) as error:  # this run only; nothing is stored
                 _log(f"{exp.name}/{spec.name}-seed{seed}: error: {type(error).__name__}: {error}")
                 status = "error"
