@@ -653,23 +653,17 @@ def test_train_refuses_a_finished_run_with_another_config(micro_run: Path, capsy
     assert (micro_run / "config.json").read_text() == before
 
 
-def test_a_live_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_path, capsys):
-    import subprocess
-    import sys
-
+def test_a_live_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(
+    tmp_path, capsys, held_by_another_process
+):
     out = tmp_path / "locked"
     out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (out / ".lock").write_text(f"{sleeper.pid}\n")
+    with held_by_another_process(out) as pid:
         code, _, err = _train(capsys, out)
         line = _one_error_line(err, "train")
         assert code == 2 and "in use by another mflows process" in line
-        assert f"pid {sleeper.pid}" in line
+        assert f"pid {pid}" in line
         assert not (out / "config.json").exists()
-    finally:
-        sleeper.kill()
-        sleeper.wait()
     # the process is gone: its lock is stale and taken over
     assert _train(capsys, out)[0] == 0
     assert (out / "model.pt").is_file() and not (out / ".lock").exists()

@@ -107,23 +107,18 @@ def test_time_limit_stops_before_starting(tmp_path):
     assert store.read("sphere2", "fom", 0) is None
 
 
-def test_a_run_held_by_another_runner_is_skipped_and_the_rest_go_on(tmp_path, capsys):
-    import subprocess
-
+def test_a_run_held_by_another_runner_is_skipped_and_the_rest_go_on(
+    tmp_path, capsys, held_by_another_process
+):
     store = Store(tmp_path)
     held = store.work_dir("sphere2", "fom", 0)
     held.mkdir(parents=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (held / ".lock").write_text(f"{other.pid}\n")
-        argv = ["--experiment", "sphere2", "--models", "fom", "--seeds", "0", "1"]
-        argv += ["--epochs", "1", "--n-train", "240", "--root", str(tmp_path)]
-        for override in TINY:
-            argv += ["--set", override]
+    argv = ["--experiment", "sphere2", "--models", "fom", "--seeds", "0", "1"]
+    argv += ["--epochs", "1", "--n-train", "240", "--root", str(tmp_path)]
+    for override in TINY:
+        argv += ["--set", override]
+    with held_by_another_process(held):
         assert runner.main(argv) == 0
-    finally:
-        other.kill()
-        other.wait()
     captured = capsys.readouterr()
     log = captured.out + captured.err
     assert "fom-seed0: in use by another runner, skipped" in log

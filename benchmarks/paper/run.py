@@ -207,7 +207,7 @@ def run_one(store: Store, exp: Experiment, spec: ModelSpec, seed: int, options: 
     from mflows.evaluation.scoring import score_with_artifacts
     from mflows.experiments.build import get_dataset
     from mflows.experiments.config import config_to_dict
-    from mflows.experiments.rundir import lock_run
+    from mflows.experiments.rundir import LOCK_FILE, lock_run
     from mflows.files import atomic_path
     from mflows.models import load
 
@@ -239,7 +239,7 @@ def run_one(store: Store, exp: Experiment, spec: ModelSpec, seed: int, options: 
         ):
             _log(f"{name}: scratch of another configuration, starting afresh")
             for child in work.iterdir():
-                if child.name != ".lock":
+                if child.name != LOCK_FILE:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         from mflows.files import atomic_write
 
